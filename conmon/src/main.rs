@@ -1,0 +1,28 @@
+//! crius-conmon: the per-container monitor.
+//!
+//! Owns (once containers land, issue 5) the container's stdio, its CRI log, its exit record and its
+//! attach socket, and answers the daemon on a control socket with the `crius-proto` monitor protocol.
+//! For now it only reports its version and protocol identity. It must stay tiny: no tonic, no
+//! multi-threaded runtime, nothing per container that the kernel can do for it.
+
+use crius_proto::monitor::PingResponse;
+
+fn main() {
+    let mut args = std::env::args().skip(1);
+    match args.next().as_deref() {
+        Some("--version") | Some("version") => {
+            let pong = PingResponse {
+                version: env!("CARGO_PKG_VERSION").to_string(),
+                pid: std::process::id(),
+            };
+            println!("crius-conmon {} (protocol crius.monitor.v1)", pong.version);
+        }
+        other => {
+            eprintln!(
+                "crius-conmon: unsupported invocation {:?}; the monitor is started by crius",
+                other.unwrap_or("")
+            );
+            std::process::exit(2);
+        }
+    }
+}

@@ -1,0 +1,247 @@
+//! The daemon: shared state, restore, and `run(listener, shutdown)`.
+//!
+//! Owns the composition of the domain pieces (config, store, metrics) into [`Daemon`], the
+//! startup gate, and serving the CRI services until shutdown. Must not parse flags or install
+//! the log subscriber (that is `main`'s job) so that tests can run it with their own listener.
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use k8s_cri::v1::image_service_server::ImageServiceServer;
+use k8s_cri::v1::runtime_service_server::RuntimeServiceServer;
+use serde::{Deserialize, Serialize};
+use tokio::net::{TcpListener, UnixListener};
+use tokio::sync::watch;
+use tokio_stream::wrappers::UnixListenerStream;
+
+use crate::config::Config;
+use crate::error::{Error, Result};
+use crate::metrics::Metrics;
+use crate::server::CriService;
+use crate::store::{Collection, Record};
+
+/// How long in-flight RPCs may run after a shutdown signal.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_millis(1500);
+
+/// Node-level runtime state kubelet hands over (`UpdateRuntimeConfig`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct RuntimeState {
+    pub pod_cidr: String,
+}
+
+impl Record for RuntimeState {
+    const KIND: &'static str = "runtime";
+    const VERSION: u32 = 1;
+}
+
+const RUNTIME_STATE_ID: &str = "node";
+
+/// Restored state; present once the startup gate opens.
+struct State {
+    runtime: Arc<Collection<RuntimeState>>,
+}
+
+/// Why a runtime condition is false.
+pub struct NotReady {
+    pub reason: &'static str,
+    pub message: String,
+}
+
+/// Everything the handlers share.
+pub struct Daemon {
+    pub config: Arc<Config>,
+    pub metrics: Arc<Metrics>,
+    state: OnceLock<State>,
+    ready: AtomicBool,
+}
+
+impl Daemon {
+    pub fn new(config: Config, metrics: Arc<Metrics>) -> Arc<Self> {
+        Arc::new(Daemon {
+            config: Arc::new(config),
+            metrics,
+            state: OnceLock::new(),
+            ready: AtomicBool::new(false),
+        })
+    }
+
+    /// True once state is restored and every RPC may be served.
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire)
+    }
+
+    fn state(&self) -> Result<&State> {
+        self.state.get().ok_or(Error::Starting)
+    }
+
+    /// Loads persisted state, then opens the startup gate. Each problem record is logged and
+    /// skipped: restore is best effort, one object at a time.
+    pub async fn restore(self: &Arc<Self>) -> Result<()> {
+        let started = Instant::now();
+        let root = self.config.state.root.clone();
+        let (runtime, report) =
+            tokio::task::spawn_blocking(move || Collection::<RuntimeState>::open(&root))
+                .await
+                .map_err(|e| Error::Internal(format!("restore task: {e}")))??;
+        for problem in &report.corrupt {
+            tracing::error!(error = %problem, "skipping unreadable state record");
+        }
+        if self.state.set(State { runtime }).is_err() {
+            return Err(Error::Internal("state restored twice".into()));
+        }
+        self.ready.store(true, Ordering::Release);
+        tracing::info!(
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            removed_temp_files = report.removed_temp_files,
+            "state restored"
+        );
+        Ok(())
+    }
+
+    pub fn pod_cidr(&self) -> String {
+        self.state()
+            .ok()
+            .and_then(|s| s.runtime.get(RUNTIME_STATE_ID))
+            .map(|r| r.pod_cidr.clone())
+            .unwrap_or_default()
+    }
+
+    pub async fn set_pod_cidr(&self, cidr: &str) -> Result<()> {
+        let state = self.state()?;
+        if self.pod_cidr() == cidr {
+            return Ok(());
+        }
+        state
+            .runtime
+            .put_async(
+                RUNTIME_STATE_ID,
+                RuntimeState {
+                    pod_cidr: cidr.to_string(),
+                },
+            )
+            .await?;
+        tracing::info!(pod_cidr = cidr, "pod cidr updated");
+        Ok(())
+    }
+
+    /// RuntimeReady: state restored and the default handler's binary present.
+    pub async fn runtime_condition(&self) -> Result<(), NotReady> {
+        if !self.is_ready() {
+            return Err(NotReady {
+                reason: "RuntimeStarting",
+                message: "crius is restoring its state".into(),
+            });
+        }
+        let name = self.config.runtime.default_handler.clone();
+        let path: PathBuf = self
+            .config
+            .runtime
+            .handlers
+            .get(&name)
+            .map(|h| h.path.clone())
+            .unwrap_or_default();
+        let lookup = path.clone();
+        let found = tokio::task::spawn_blocking(move || crate::runtime::find_binary(&lookup))
+            .await
+            .ok()
+            .flatten();
+        match found {
+            Some(_) => Ok(()),
+            None => Err(NotReady {
+                reason: "RuntimeBinaryNotFound",
+                message: format!(
+                    "default handler {name:?}: runtime binary {} not found",
+                    path.display()
+                ),
+            }),
+        }
+    }
+
+    /// NetworkReady: a usable CNI network configuration is present (re-read on every call).
+    pub async fn network_condition(&self) -> Result<(), NotReady> {
+        let dir = self.config.network.conf_dir.clone();
+        let name = self.config.network.default_network.clone();
+        let scan =
+            tokio::task::spawn_blocking(move || crius_cni::config::default_network(&dir, &name))
+                .await
+                .map_err(|e| e.to_string())
+                .and_then(|r| r.map_err(|e| e.to_string()));
+        let conf_dir = self.config.network.conf_dir.display();
+        match scan {
+            Ok(Some(_)) => Ok(()),
+            Ok(None) if self.config.network.default_network.is_empty() => Err(NotReady {
+                reason: "NetworkPluginNotReady",
+                message: format!(
+                    "Network plugin returns error: no CNI configuration file in {conf_dir}"
+                ),
+            }),
+            Ok(None) => Err(NotReady {
+                reason: "NetworkPluginNotReady",
+                message: format!(
+                    "Network plugin returns error: CNI network {:?} not found in {conf_dir}",
+                    self.config.network.default_network
+                ),
+            }),
+            Err(e) => Err(NotReady {
+                reason: "NetworkPluginNotReady",
+                message: format!("Network plugin returns error: {e}"),
+            }),
+        }
+    }
+}
+
+/// Serves the CRI on `listener` (and metrics on `metrics_listener`) until `shutdown` resolves,
+/// then drains in-flight RPCs for at most [`SHUTDOWN_GRACE`].
+pub async fn run(
+    daemon: Arc<Daemon>,
+    listener: UnixListener,
+    metrics_listener: Option<TcpListener>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), tonic::transport::Error> {
+    let (stop_tx, stop_rx) = watch::channel(false);
+
+    if let Some(l) = metrics_listener {
+        tokio::spawn(crate::metrics::serve(
+            l,
+            daemon.metrics.clone(),
+            stop_rx.clone(),
+        ));
+    }
+
+    let restoring = daemon.clone();
+    tokio::spawn(async move {
+        if let Err(e) = restoring.restore().await {
+            tracing::error!(error = %e, "restore failed; RPCs other than Version/Status stay unavailable");
+        }
+    });
+
+    tokio::spawn(async move {
+        shutdown.await;
+        let _ = stop_tx.send(true);
+    });
+
+    let service = CriService::new(daemon);
+    let mut drained = stop_rx.clone();
+    let server = tonic::transport::Server::builder()
+        .add_service(RuntimeServiceServer::new(service.clone()))
+        .add_service(ImageServiceServer::new(service))
+        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), async move {
+            crate::metrics::stopped(&mut drained).await;
+            tracing::info!("shutting down: no new connections, draining in-flight RPCs");
+        });
+    tokio::pin!(server);
+    let mut grace = stop_rx;
+    tokio::select! {
+        result = &mut server => result,
+        _ = async {
+            crate::metrics::stopped(&mut grace).await;
+            tokio::time::sleep(SHUTDOWN_GRACE).await;
+        } => {
+            tracing::warn!(grace_ms = SHUTDOWN_GRACE.as_millis() as u64, "grace period over; exiting with RPCs in flight");
+            Ok(())
+        }
+    }
+}

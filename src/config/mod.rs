@@ -1,0 +1,477 @@
+//! Configuration: the typed `Config`, its defaults, and layering.
+//!
+//! Owns the one place where configuration is assembled: defaults → main file → drop-ins in
+//! lexical order → explicit CLI flags, then validation of the merged result. Every error names the
+//! file (or flag) and the key. Must not touch sockets, the state dirs or any other side effect:
+//! loading is pure so that it can run (and fail) before anything is bound.
+
+mod validate;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// The effective configuration of the daemon.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub api: ApiConfig,
+    pub state: StateConfig,
+    pub runtime: RuntimeConfig,
+    pub image: ImageConfig,
+    pub network: NetworkConfig,
+    pub metrics: MetricsConfig,
+    pub log: LogConfig,
+}
+
+/// `[api]`: the CRI endpoint and the streaming server.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ApiConfig {
+    /// Unix socket kubelet connects to.
+    pub listen: PathBuf,
+    /// IP address the streaming (exec/attach/port-forward) server binds.
+    pub stream_address: String,
+    /// Port of the streaming server; 0 picks a free one.
+    pub stream_port: u16,
+}
+
+/// `[state]`: where state lives.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StateConfig {
+    /// Persistent state: records, images, layers.
+    pub root: PathBuf,
+    /// Volatile state (tmpfs): sockets, namespace pins, monitor dirs.
+    pub runroot: PathBuf,
+}
+
+/// `[runtime]`: OCI runtimes and cgroups.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RuntimeConfig {
+    /// Handler used when a pod names none.
+    pub default_handler: String,
+    pub cgroup_driver: CgroupDriver,
+    /// RuntimeClass handlers by name.
+    pub handlers: BTreeMap<String, HandlerConfig>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CgroupDriver {
+    Cgroupfs,
+    Systemd,
+}
+
+/// `[runtime.handlers.NAME]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HandlerConfig {
+    /// OCI runtime binary: absolute, or a bare name looked up on `PATH`.
+    pub path: PathBuf,
+}
+
+/// `[image]`: pulling and storing images.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ImageConfig {
+    /// Registry used for references without a host (`busybox`).
+    pub default_registry: String,
+    /// Images never garbage collected and reported `pinned`.
+    pub pinned_images: Vec<String>,
+    /// Layers downloaded at once, across all pulls.
+    pub max_concurrent_downloads: usize,
+    /// Per-registry settings by host (`"docker.io"`, `"registry.k8s.io"`, `"127.0.0.1:5000"`).
+    pub registries: BTreeMap<String, RegistryConfig>,
+}
+
+/// `[image.registries."HOST"]`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RegistryConfig {
+    /// Tried in order before the host itself: `host[:port][/path/prefix]`.
+    pub mirrors: Vec<String>,
+    /// Only the mirrors are tried, never the host itself.
+    pub mirror_only: bool,
+    /// Plain HTTP and no TLS verification for this host and its mirrors.
+    pub insecure: bool,
+}
+
+/// `[network]`: CNI.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NetworkConfig {
+    /// Directory of `.conflist`/`.conf` files.
+    pub conf_dir: PathBuf,
+    /// Directories searched for plugin binaries, in order.
+    pub bin_dirs: Vec<PathBuf>,
+    /// Network name pods join; empty means the first file in lexical order.
+    pub default_network: String,
+}
+
+/// `[metrics]`: the Prometheus endpoint.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    pub enabled: bool,
+    /// `IP:PORT` serving `/metrics` and `/healthz`.
+    pub address: String,
+}
+
+/// `[log]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// A level (`info`) or a `tracing` filter directive (`info,crius::server=debug`).
+    pub level: String,
+    pub format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        ApiConfig {
+            listen: PathBuf::from("/run/crius/crius.sock"),
+            stream_address: "127.0.0.1".into(),
+            stream_port: 0,
+        }
+    }
+}
+
+impl Default for StateConfig {
+    fn default() -> Self {
+        StateConfig {
+            root: PathBuf::from("/var/lib/crius"),
+            runroot: PathBuf::from("/run/crius"),
+        }
+    }
+}
+
+impl Default for RuntimeConfig {
+    fn default() -> Self {
+        let handler = |name: &str| {
+            (
+                name.to_string(),
+                HandlerConfig {
+                    path: PathBuf::from(name),
+                },
+            )
+        };
+        RuntimeConfig {
+            default_handler: "runc".into(),
+            cgroup_driver: CgroupDriver::Cgroupfs,
+            handlers: [handler("runc"), handler("crun")].into_iter().collect(),
+        }
+    }
+}
+
+impl Default for ImageConfig {
+    fn default() -> Self {
+        ImageConfig {
+            default_registry: "docker.io".into(),
+            pinned_images: Vec::new(),
+            max_concurrent_downloads: 3,
+            registries: BTreeMap::new(),
+        }
+    }
+}
+
+impl Default for NetworkConfig {
+    fn default() -> Self {
+        NetworkConfig {
+            conf_dir: PathBuf::from("/etc/cni/net.d"),
+            bin_dirs: vec![PathBuf::from("/opt/cni/bin"), PathBuf::from("/usr/lib/cni")],
+            default_network: String::new(),
+        }
+    }
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        MetricsConfig {
+            enabled: true,
+            address: "127.0.0.1:9090".into(),
+        }
+    }
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            level: "info".into(),
+            format: LogFormat::Text,
+        }
+    }
+}
+
+// `Config: Default` is derived from the section defaults above.
+#[allow(clippy::derivable_impls)]
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            api: ApiConfig::default(),
+            state: StateConfig::default(),
+            runtime: RuntimeConfig::default(),
+            image: ImageConfig::default(),
+            network: NetworkConfig::default(),
+            metrics: MetricsConfig::default(),
+            log: LogConfig::default(),
+        }
+    }
+}
+
+/// A configuration that cannot be used; the daemon stops before binding anything.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("read config {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config {source_name}: {message}")]
+    Parse {
+        source_name: String,
+        message: String,
+    },
+    #[error("config {source_name}: key `{key}`: {message}")]
+    Key {
+        source_name: String,
+        key: String,
+        message: String,
+    },
+    #[error("config: invalid value for `{key}` (set by {source_name}): {message}")]
+    Invalid {
+        key: String,
+        source_name: String,
+        message: String,
+    },
+}
+
+/// Where configuration comes from, besides the built-in defaults.
+#[derive(Debug, Clone)]
+pub struct Sources {
+    /// Main file.
+    pub file: PathBuf,
+    /// A missing main file is an error only when it was named explicitly.
+    pub file_required: bool,
+    /// Drop-in directory: `*.toml` applied in lexical order.
+    pub dir: PathBuf,
+    /// Explicit CLI flags: (dotted key, value, flag name).
+    pub overrides: Vec<Override>,
+}
+
+/// One explicit CLI flag, applied last.
+#[derive(Debug, Clone)]
+pub struct Override {
+    pub key: &'static str,
+    pub value: toml::Value,
+    pub flag: &'static str,
+}
+
+/// Which source last set each dotted key; used to name the culprit of an invalid value.
+#[derive(Debug, Default)]
+struct Provenance(BTreeMap<String, String>);
+
+impl Provenance {
+    fn record(&mut self, prefix: &str, table: &toml::Table, source: &str) {
+        for (k, v) in table {
+            let key = if prefix.is_empty() {
+                k.clone()
+            } else {
+                format!("{prefix}.{k}")
+            };
+            match v {
+                toml::Value::Table(t) => self.record(&key, t, source),
+                _ => {
+                    self.0.insert(key, source.to_string());
+                }
+            }
+        }
+    }
+
+    /// The source of `key` or of its nearest recorded parent/child; defaults otherwise.
+    fn source_of(&self, key: &str) -> String {
+        let mut probe = key;
+        loop {
+            if let Some(s) = self.0.get(probe) {
+                return s.clone();
+            }
+            // A key below `probe` (a handler table set in a file, say).
+            let child = format!("{probe}.");
+            if let Some((_, s)) = self.0.iter().rev().find(|(k, _)| k.starts_with(&child)) {
+                return s.clone();
+            }
+            match probe.rfind('.') {
+                Some(i) => probe = &probe[..i],
+                None => return "defaults".into(),
+            }
+        }
+    }
+}
+
+/// Checks one TOML text against the schema (unknown keys, types), naming the key on failure.
+fn check_schema(source_name: &str, text: &str) -> Result<toml::Table, ConfigError> {
+    let de = toml::Deserializer::new(text);
+    if let Err(e) = serde_path_to_error::deserialize::<_, Config>(de) {
+        let key = e.path().to_string();
+        let message = e.into_inner().message().to_string();
+        return Err(if key.is_empty() || key == "." {
+            ConfigError::Parse {
+                source_name: source_name.to_string(),
+                message,
+            }
+        } else {
+            ConfigError::Key {
+                source_name: source_name.to_string(),
+                key,
+                message,
+            }
+        });
+    }
+    text.parse::<toml::Table>().map_err(|e| ConfigError::Parse {
+        source_name: source_name.to_string(),
+        message: e.message().to_string(),
+    })
+}
+
+/// Merges `overlay` into `base`: tables recursively, every other value replaced.
+fn merge(base: &mut toml::Table, overlay: toml::Table) {
+    for (k, v) in overlay {
+        match (base.get_mut(&k), v) {
+            (Some(toml::Value::Table(b)), toml::Value::Table(o)) => merge(b, o),
+            (_, v) => {
+                base.insert(k, v);
+            }
+        }
+    }
+}
+
+fn read_optional(path: &Path) -> Result<Option<String>, ConfigError> {
+    match std::fs::read_to_string(path) {
+        Ok(s) => Ok(Some(s)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(source) => Err(ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        }),
+    }
+}
+
+/// The `*.toml` files of the drop-in directory in lexical order; a missing directory has none.
+fn drop_ins(dir: &Path) -> Result<Vec<PathBuf>, ConfigError> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(source) => {
+            return Err(ConfigError::Read {
+                path: dir.to_path_buf(),
+                source,
+            })
+        }
+    };
+    let mut files = Vec::new();
+    for entry in entries {
+        let entry = entry.map_err(|source| ConfigError::Read {
+            path: dir.to_path_buf(),
+            source,
+        })?;
+        let path = entry.path();
+        if path.extension().and_then(|e| e.to_str()) == Some("toml") && path.is_file() {
+            files.push(path);
+        }
+    }
+    files.sort();
+    Ok(files)
+}
+
+/// Sets `value` at dotted `key` in `table`, creating intermediate tables.
+fn set_dotted(table: &mut toml::Table, key: &str, value: toml::Value) {
+    let mut parts: Vec<&str> = key.split('.').collect();
+    let last = parts.pop().unwrap_or(key);
+    let mut cur = table;
+    for p in parts {
+        let entry = cur
+            .entry(p.to_string())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        if !entry.is_table() {
+            *entry = toml::Value::Table(toml::Table::new());
+        }
+        match entry {
+            toml::Value::Table(t) => cur = t,
+            _ => unreachable!("replaced by a table above"),
+        }
+    }
+    cur.insert(last.to_string(), value);
+}
+
+/// Loads, layers and validates the configuration.
+pub fn load(sources: &Sources) -> Result<Config, ConfigError> {
+    let mut merged = toml::Table::try_from(Config::default()).map_err(|e| ConfigError::Parse {
+        source_name: "defaults".into(),
+        message: e.to_string(),
+    })?;
+    let mut provenance = Provenance::default();
+
+    let mut files = Vec::new();
+    match read_optional(&sources.file)? {
+        Some(text) => files.push((sources.file.clone(), text)),
+        None if sources.file_required => {
+            return Err(ConfigError::Read {
+                path: sources.file.clone(),
+                source: std::io::Error::from(std::io::ErrorKind::NotFound),
+            })
+        }
+        None => {}
+    }
+    for path in drop_ins(&sources.dir)? {
+        if let Some(text) = read_optional(&path)? {
+            files.push((path, text));
+        }
+    }
+    for (path, text) in files {
+        let name = path.display().to_string();
+        let table = check_schema(&name, &text)?;
+        provenance.record("", &table, &name);
+        merge(&mut merged, table);
+    }
+    for o in &sources.overrides {
+        set_dotted(&mut merged, o.key, o.value.clone());
+        provenance.0.insert(o.key.to_string(), o.flag.to_string());
+    }
+
+    let config: Config =
+        serde_path_to_error::deserialize(toml::Value::Table(merged)).map_err(|e| {
+            let key = e.path().to_string();
+            ConfigError::Key {
+                source_name: provenance.source_of(&key),
+                key,
+                message: e.into_inner().to_string(),
+            }
+        })?;
+    config
+        .validate()
+        .map_err(|(key, message)| ConfigError::Invalid {
+            source_name: provenance.source_of(&key),
+            key,
+            message,
+        })?;
+    Ok(config)
+}
+
+impl Config {
+    /// The configuration as TOML, as `crius config` prints it.
+    pub fn to_toml(&self) -> String {
+        toml::to_string(self).unwrap_or_else(|e| format!("# cannot render config: {e}\n"))
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,189 @@
+use std::fs;
+
+use super::*;
+
+struct Env {
+    dir: tempfile::TempDir,
+}
+
+impl Env {
+    fn new() -> Self {
+        Env {
+            dir: tempfile::tempdir().unwrap(),
+        }
+    }
+    fn main_file(&self, text: &str) -> &Self {
+        fs::write(self.dir.path().join("crius.toml"), text).unwrap();
+        self
+    }
+    fn drop_in(&self, name: &str, text: &str) -> &Self {
+        let d = self.dir.path().join("crius.d");
+        fs::create_dir_all(&d).unwrap();
+        fs::write(d.join(name), text).unwrap();
+        self
+    }
+    fn sources(&self, overrides: Vec<Override>) -> Sources {
+        Sources {
+            file: self.dir.path().join("crius.toml"),
+            file_required: false,
+            dir: self.dir.path().join("crius.d"),
+            overrides,
+        }
+    }
+    fn load(&self) -> Result<Config, ConfigError> {
+        load(&self.sources(Vec::new()))
+    }
+}
+
+#[test]
+fn no_files_gives_defaults() {
+    let env = Env::new();
+    assert_eq!(env.load().unwrap(), Config::default());
+}
+
+#[test]
+fn defaults_are_valid_and_round_trip_through_toml() {
+    let cfg = Config::default();
+    cfg.validate().unwrap();
+    let text = cfg.to_toml();
+    let back: Config = toml::from_str(&text).unwrap();
+    assert_eq!(back, cfg);
+    assert!(text.contains("[runtime.handlers.crun]"), "{text}");
+}
+
+#[test]
+fn drop_in_overrides_only_the_keys_it_sets() {
+    let env = Env::new();
+    env.main_file("[image]\ndefault_registry = \"quay.io\"\nmax_concurrent_downloads = 5\n")
+        .drop_in("20-b.toml", "[image]\nmax_concurrent_downloads = 7\n")
+        .drop_in(
+            "10-a.toml",
+            "[image]\nmax_concurrent_downloads = 6\n[log]\nlevel = \"debug\"\n",
+        )
+        .drop_in("ignored.txt", "not toml at all [");
+    let cfg = env.load().unwrap();
+    assert_eq!(cfg.image.default_registry, "quay.io");
+    assert_eq!(
+        cfg.image.max_concurrent_downloads, 7,
+        "lexical order: 20-b wins"
+    );
+    assert_eq!(cfg.log.level, "debug");
+    assert_eq!(cfg.metrics, MetricsConfig::default());
+}
+
+#[test]
+fn handler_tables_merge_with_the_defaults() {
+    let env = Env::new();
+    env.main_file("[runtime.handlers.kata]\npath = \"/opt/kata/bin/kata-runtime\"\n");
+    let cfg = env.load().unwrap();
+    assert_eq!(
+        cfg.runtime.handlers.keys().collect::<Vec<_>>(),
+        ["crun", "kata", "runc"]
+    );
+}
+
+#[test]
+fn flags_override_files() {
+    let env = Env::new();
+    env.main_file("[api]\nlisten = \"/run/a.sock\"\n");
+    let cfg = load(&env.sources(vec![Override {
+        key: "api.listen",
+        value: toml::Value::String("/run/b.sock".into()),
+        flag: "--listen",
+    }]))
+    .unwrap();
+    assert_eq!(cfg.api.listen, PathBuf::from("/run/b.sock"));
+}
+
+#[test]
+fn unknown_key_names_file_and_key() {
+    let env = Env::new();
+    env.drop_in("50-x.toml", "[image]\nmax_concurent_downloads = 2\n");
+    let err = env.load().unwrap_err().to_string();
+    assert!(err.contains("50-x.toml"), "{err}");
+    assert!(err.contains("max_concurent_downloads"), "{err}");
+}
+
+#[test]
+fn unknown_table_names_file_and_key() {
+    let env = Env::new();
+    env.main_file("[imagez]\nx = 1\n");
+    let err = env.load().unwrap_err().to_string();
+    assert!(
+        err.contains("crius.toml") && err.contains("imagez"),
+        "{err}"
+    );
+}
+
+#[test]
+fn wrong_type_names_file_and_key() {
+    let env = Env::new();
+    env.main_file("[metrics]\nenabled = \"yes\"\n");
+    let err = env.load().unwrap_err().to_string();
+    assert!(err.contains("crius.toml"), "{err}");
+    assert!(err.contains("metrics.enabled"), "{err}");
+}
+
+#[test]
+fn invalid_value_names_the_file_that_set_it() {
+    let env = Env::new();
+    env.main_file("[image]\nmax_concurrent_downloads = 3\n")
+        .drop_in("30-bad.toml", "[image]\nmax_concurrent_downloads = 0\n");
+    let err = env.load().unwrap_err().to_string();
+    assert!(err.contains("image.max_concurrent_downloads"), "{err}");
+    assert!(err.contains("30-bad.toml"), "{err}");
+}
+
+#[test]
+fn invalid_enum_value_is_refused() {
+    let env = Env::new();
+    env.main_file("[runtime]\ncgroup_driver = \"cgroupv3\"\n");
+    let err = env.load().unwrap_err().to_string();
+    assert!(err.contains("runtime.cgroup_driver"), "{err}");
+}
+
+#[test]
+fn default_handler_must_exist() {
+    let env = Env::new();
+    env.main_file("[runtime]\ndefault_handler = \"youki\"\n");
+    let err = env.load().unwrap_err().to_string();
+    assert!(
+        err.contains("runtime.default_handler") && err.contains("youki"),
+        "{err}"
+    );
+}
+
+#[test]
+fn mirror_with_scheme_is_refused() {
+    let env = Env::new();
+    env.main_file("[image.registries.\"docker.io\"]\nmirrors = [\"https://mirror.local\"]\n");
+    let err = env.load().unwrap_err().to_string();
+    assert!(
+        err.contains("mirrors") && err.contains("crius.toml"),
+        "{err}"
+    );
+}
+
+#[test]
+fn invalid_log_level_is_refused() {
+    let env = Env::new();
+    env.main_file("[log]\nlevel = \"loud=\"\n");
+    let err = env.load().unwrap_err().to_string();
+    assert!(err.contains("log.level"), "{err}");
+}
+
+#[test]
+fn syntax_error_names_the_file() {
+    let env = Env::new();
+    env.drop_in("10-broken.toml", "[api\nlisten = 1\n");
+    let err = env.load().unwrap_err().to_string();
+    assert!(err.contains("10-broken.toml"), "{err}");
+}
+
+#[test]
+fn explicit_missing_main_file_is_an_error() {
+    let env = Env::new();
+    let mut sources = env.sources(Vec::new());
+    sources.file_required = true;
+    assert!(matches!(load(&sources), Err(ConfigError::Read { .. })));
+}

@@ -1,0 +1,167 @@
+//! Semantic checks of a merged `Config`; each failure names the dotted key.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::Path;
+
+use super::Config;
+
+type Invalid = (String, String);
+
+fn fail<T>(key: impl Into<String>, message: impl Into<String>) -> Result<T, Invalid> {
+    Err((key.into(), message.into()))
+}
+
+fn absolute(key: &str, path: &Path) -> Result<(), Invalid> {
+    if path.is_absolute() {
+        Ok(())
+    } else {
+        fail(key, format!("{} must be an absolute path", path.display()))
+    }
+}
+
+/// A registry host with an optional port, as in references: `docker.io`, `127.0.0.1:5000`.
+fn valid_host(host: &str) -> bool {
+    !host.is_empty()
+        && !host.contains("://")
+        && !host.contains('/')
+        && host
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | ':' | '[' | ']'))
+}
+
+impl Config {
+    /// Checks every value; the first problem found is returned as (key, message).
+    pub fn validate(&self) -> Result<(), Invalid> {
+        absolute("api.listen", &self.api.listen)?;
+        if self.api.stream_address.parse::<IpAddr>().is_err() {
+            return fail(
+                "api.stream_address",
+                format!("{:?} is not an IP address", self.api.stream_address),
+            );
+        }
+
+        absolute("state.root", &self.state.root)?;
+        absolute("state.runroot", &self.state.runroot)?;
+        if self.state.root == self.state.runroot {
+            return fail("state.runroot", "must differ from state.root");
+        }
+
+        if self.runtime.handlers.is_empty() {
+            return fail("runtime.handlers", "at least one handler is required");
+        }
+        for (name, handler) in &self.runtime.handlers {
+            let key = format!("runtime.handlers.{name}");
+            if name.is_empty()
+                || !name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+            {
+                return fail(key, "handler names use letters, digits, '-', '_' and '.'");
+            }
+            if handler.path.as_os_str().is_empty() {
+                return fail(format!("{key}.path"), "must not be empty");
+            }
+        }
+        if !self
+            .runtime
+            .handlers
+            .contains_key(&self.runtime.default_handler)
+        {
+            return fail(
+                "runtime.default_handler",
+                format!(
+                    "{:?} is not a configured handler (have: {})",
+                    self.runtime.default_handler,
+                    self.runtime
+                        .handlers
+                        .keys()
+                        .cloned()
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            );
+        }
+
+        if !valid_host(&self.image.default_registry) {
+            return fail(
+                "image.default_registry",
+                format!("{:?} is not a registry host", self.image.default_registry),
+            );
+        }
+        if !(1..=64).contains(&self.image.max_concurrent_downloads) {
+            return fail(
+                "image.max_concurrent_downloads",
+                format!(
+                    "{} is not between 1 and 64",
+                    self.image.max_concurrent_downloads
+                ),
+            );
+        }
+        for (host, registry) in &self.image.registries {
+            let key = format!("image.registries.\"{host}\"");
+            if !valid_host(host) {
+                return fail(key, format!("{host:?} is not a registry host"));
+            }
+            for mirror in &registry.mirrors {
+                let mirror_host = mirror.split('/').next().unwrap_or("");
+                if mirror.contains("://") || !valid_host(mirror_host) || mirror.ends_with('/') {
+                    return fail(
+                        format!("{key}.mirrors"),
+                        format!("{mirror:?} is not host[:port][/prefix] (no scheme)"),
+                    );
+                }
+            }
+            if registry.mirror_only && registry.mirrors.is_empty() {
+                return fail(
+                    format!("{key}.mirror_only"),
+                    "set but no mirrors are configured",
+                );
+            }
+        }
+
+        absolute("network.conf_dir", &self.network.conf_dir)?;
+        if self.network.bin_dirs.is_empty() {
+            return fail("network.bin_dirs", "at least one directory is required");
+        }
+        for dir in &self.network.bin_dirs {
+            absolute("network.bin_dirs", dir)?;
+        }
+
+        if self.metrics.enabled && self.metrics.address.parse::<SocketAddr>().is_err() {
+            return fail(
+                "metrics.address",
+                format!("{:?} is not IP:PORT", self.metrics.address),
+            );
+        }
+
+        if let Err(message) = check_log_filter(&self.log.level) {
+            return fail("log.level", message);
+        }
+        Ok(())
+    }
+}
+
+const LEVELS: &[&str] = &["trace", "debug", "info", "warn", "error", "off"];
+
+/// A level, or comma-separated `target=level` directives whose levels are real levels.
+fn check_log_filter(filter: &str) -> Result<(), String> {
+    if filter.trim().is_empty() {
+        return Err("must not be empty".into());
+    }
+    for directive in filter.split(',') {
+        let level = directive
+            .rsplit_once('=')
+            .map_or(directive, |(_, l)| l)
+            .trim();
+        if !LEVELS.contains(&level.to_ascii_lowercase().as_str()) {
+            return Err(format!(
+                "{directive:?}: level {level:?} is not one of {}",
+                LEVELS.join(", ")
+            ));
+        }
+    }
+    tracing_subscriber::EnvFilter::builder()
+        .parse(filter)
+        .map(|_| ())
+        .map_err(|e| format!("{filter:?}: {e}"))
+}

@@ -1,0 +1,60 @@
+//! The daemon's domain error and its kinds.
+//!
+//! Lower layers return an [`Error`] whose [`ErrorKind`] decides the gRPC code; the mapping to
+//! `tonic::Status` happens exactly once, in `server::status`. Messages are lowercase, without a
+//! trailing period, and name the id or path they are about.
+
+use crate::store::StoreError;
+
+/// What kind of failure, independent of the transport. Mapped to a gRPC code in one place.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    InvalidArgument,
+    NotFound,
+    AlreadyExists,
+    FailedPrecondition,
+    Unavailable,
+    DeadlineExceeded,
+    Unimplemented,
+    Internal,
+}
+
+/// An error of the daemon's domain layer.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{0}")]
+    InvalidArgument(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    AlreadyExists(String),
+    #[error("{0}")]
+    FailedPrecondition(String),
+    /// The RPC belongs to a capability that has not landed yet.
+    #[error("{0} is not implemented by crius yet")]
+    Unimplemented(&'static str),
+    /// The daemon is still restoring its state after a start.
+    #[error("crius is starting: state is being restored, retry shortly")]
+    Starting,
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl Error {
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            Error::InvalidArgument(_) => ErrorKind::InvalidArgument,
+            Error::NotFound(_) => ErrorKind::NotFound,
+            Error::AlreadyExists(_) => ErrorKind::AlreadyExists,
+            Error::FailedPrecondition(_) => ErrorKind::FailedPrecondition,
+            Error::Unimplemented(_) => ErrorKind::Unimplemented,
+            Error::Starting => ErrorKind::Unavailable,
+            Error::Store(e) => e.kind(),
+            Error::Internal(_) => ErrorKind::Internal,
+        }
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;

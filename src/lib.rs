@@ -1,0 +1,15 @@
+//! crius: a Kubernetes CRI container runtime.
+//!
+//! The library holds the whole daemon so that handler tests, e2e helpers and benchmarks can build
+//! it; `main.rs` is only the composition root. See `docs/architecture.md` for the module map.
+
+#![deny(unsafe_code)]
+
+pub mod app;
+pub mod config;
+pub mod error;
+pub mod metrics;
+pub mod runtime;
+pub mod server;
+pub mod socket;
+pub mod store;

@@ -1,0 +1,233 @@
+//! `crius`: the composition root. Parses flags, loads the configuration (failing before anything
+//! is bound), installs logging, binds the sockets and runs the daemon until SIGTERM/SIGINT.
+
+#![deny(unsafe_code)]
+
+use crius::{app, config, metrics, socket};
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+
+use config::{LogFormat, Override, Sources};
+
+#[derive(Parser)]
+#[command(
+    name = "crius",
+    about = "A Kubernetes CRI container runtime",
+    disable_version_flag = true
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    /// Main configuration file.
+    #[arg(long, global = true, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Drop-in directory: *.toml applied in lexical order after the main file.
+    #[arg(
+        long,
+        global = true,
+        value_name = "DIR",
+        default_value = "/etc/crius/crius.d"
+    )]
+    config_dir: PathBuf,
+    /// CRI unix socket ([api] listen).
+    #[arg(long, global = true, value_name = "PATH")]
+    listen: Option<PathBuf>,
+    /// Persistent state directory ([state] root).
+    #[arg(long, global = true, value_name = "DIR")]
+    root: Option<PathBuf>,
+    /// Volatile state directory ([state] runroot).
+    #[arg(long, global = true, value_name = "DIR")]
+    runroot: Option<PathBuf>,
+    /// Log level or filter directive ([log] level).
+    #[arg(long, global = true, value_name = "LEVEL")]
+    log_level: Option<String>,
+    /// Log format ([log] format).
+    #[arg(long, global = true, value_enum)]
+    log_format: Option<LogFormat>,
+    /// Prometheus endpoint IP:PORT ([metrics] address).
+    #[arg(long, global = true, value_name = "ADDR")]
+    metrics_address: Option<String>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the CRI (the default).
+    Serve,
+    /// Print the effective configuration as TOML.
+    Config,
+    /// Print the version.
+    Version,
+}
+
+const DEFAULT_CONFIG: &str = "/etc/crius/crius.toml";
+
+impl Cli {
+    fn sources(&self) -> Sources {
+        let mut overrides = Vec::new();
+        let mut set = |key, value: Option<toml::Value>, flag| {
+            if let Some(value) = value {
+                overrides.push(Override { key, value, flag });
+            }
+        };
+        let path = |p: &Option<PathBuf>| {
+            p.as_ref()
+                .map(|p| toml::Value::String(p.display().to_string()))
+        };
+        set("api.listen", path(&self.listen), "--listen");
+        set("state.root", path(&self.root), "--root");
+        set("state.runroot", path(&self.runroot), "--runroot");
+        set(
+            "log.level",
+            self.log_level.clone().map(toml::Value::String),
+            "--log-level",
+        );
+        let format = self.log_format.map(|f| {
+            toml::Value::String(match f {
+                LogFormat::Text => "text".into(),
+                LogFormat::Json => "json".into(),
+            })
+        });
+        set("log.format", format, "--log-format");
+        set(
+            "metrics.address",
+            self.metrics_address.clone().map(toml::Value::String),
+            "--metrics-address",
+        );
+        Sources {
+            file: self
+                .config
+                .clone()
+                .unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG)),
+            file_required: self.config.is_some(),
+            dir: self.config_dir.clone(),
+            overrides,
+        }
+    }
+}
+
+fn init_logging(cfg: &config::LogConfig) -> anyhow::Result<()> {
+    let filter = tracing_subscriber::EnvFilter::builder()
+        .parse(&cfg.level)
+        .with_context(|| format!("log level {:?}", cfg.level))?;
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match cfg.format {
+        LogFormat::Text => builder.with_ansi(false).init(),
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+    }
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (mut term, mut int) = match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
+        (Ok(t), Ok(i)) => (t, i),
+        (Err(e), _) | (_, Err(e)) => {
+            tracing::error!(error = %e, "cannot install signal handlers; stop with SIGKILL");
+            return std::future::pending().await;
+        }
+    };
+    let name = tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        _ = int.recv() => "SIGINT",
+    };
+    tracing::info!(signal = name, "shutdown requested");
+}
+
+fn serve(cfg: config::Config) -> anyhow::Result<()> {
+    init_logging(&cfg.log)?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("crius-worker")
+        .build()
+        .context("start tokio runtime")?;
+    rt.block_on(async move {
+        std::fs::create_dir_all(&cfg.state.root)
+            .with_context(|| format!("create state root {}", cfg.state.root.display()))?;
+        std::fs::create_dir_all(&cfg.state.runroot)
+            .with_context(|| format!("create runroot {}", cfg.state.runroot.display()))?;
+        // One daemon per state root: a second one would corrupt the first's records.
+        let lock_path = cfg.state.root.join("crius.lock");
+        let lock = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .with_context(|| format!("open {}", lock_path.display()))?;
+        lock.try_lock().map_err(|_| {
+            anyhow::anyhow!(
+                "state root {} is in use by another crius",
+                cfg.state.root.display()
+            )
+        })?;
+
+        let listener = socket::bind(&cfg.api.listen)?;
+        let metrics_listener = if cfg.metrics.enabled {
+            let addr = cfg.metrics.address.clone();
+            match tokio::net::TcpListener::bind(&addr).await {
+                Ok(l) => Some(l),
+                Err(e) => {
+                    socket::remove(&cfg.api.listen);
+                    anyhow::bail!("bind metrics address {addr}: {e}");
+                }
+            }
+        } else {
+            None
+        };
+        let listen = cfg.api.listen.clone();
+        tracing::info!(
+            version = env!("CARGO_PKG_VERSION"),
+            socket = %listen.display(),
+            metrics = %metrics_listener
+                .as_ref()
+                .and_then(|l| l.local_addr().ok())
+                .map(|a| a.to_string())
+                .unwrap_or_else(|| "disabled".into()),
+            "crius serving"
+        );
+        let metrics = metrics::Metrics::new().context("register metrics")?;
+        let daemon = app::Daemon::new(cfg, metrics);
+        let result = app::run(daemon, listener, metrics_listener, shutdown_signal()).await;
+        socket::remove(&listen);
+        drop(lock);
+        result.context("grpc server")?;
+        tracing::info!("crius stopped");
+        Ok(())
+    })
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let cfg = match config::load(&cli.sources()) {
+        Ok(cfg) => cfg,
+        Err(e) => {
+            eprintln!("crius: {e}");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    let result = match cli.command.unwrap_or(Command::Serve) {
+        Command::Config => {
+            print!("{}", cfg.to_toml());
+            Ok(())
+        }
+        Command::Version => {
+            println!("crius {} (CRI v1)", env!("CARGO_PKG_VERSION"));
+            Ok(())
+        }
+        Command::Serve => serve(cfg),
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("crius: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,59 @@
+//! `Status`: RuntimeReady and NetworkReady conditions, handlers and features.
+
+use std::collections::HashMap;
+
+use k8s_cri::v1::{
+    RuntimeCondition, RuntimeHandler, RuntimeHandlerFeatures, RuntimeStatus, StatusRequest,
+    StatusResponse,
+};
+
+use crate::app::Daemon;
+use crate::error::{Error, Result};
+
+pub async fn status(daemon: &Daemon, req: StatusRequest) -> Result<StatusResponse> {
+    let runtime = daemon.runtime_condition().await;
+    let network = daemon.network_condition().await;
+    let conditions = [("RuntimeReady", runtime), ("NetworkReady", network)]
+        .into_iter()
+        .map(|(kind, cond)| RuntimeCondition {
+            r#type: kind.into(),
+            status: cond.is_ok(),
+            reason: cond
+                .as_ref()
+                .err()
+                .map(|c| c.reason.to_string())
+                .unwrap_or_default(),
+            message: cond.err().map(|c| c.message).unwrap_or_default(),
+        })
+        .collect();
+
+    let runtime_handlers = daemon
+        .config
+        .runtime
+        .handlers
+        .keys()
+        .map(|name| RuntimeHandler {
+            name: name.clone(),
+            // Reported only once the capability works end to end (issue 5).
+            features: Some(RuntimeHandlerFeatures {
+                recursive_read_only_mounts: false,
+                user_namespaces: false,
+            }),
+        })
+        .collect();
+
+    let mut info = HashMap::new();
+    if req.verbose {
+        let config = serde_json::to_string(&*daemon.config)
+            .map_err(|e| Error::Internal(format!("render config: {e}")))?;
+        info.insert("config".to_string(), config);
+        let state = serde_json::json!({ "podCIDR": daemon.pod_cidr() });
+        info.insert("runtimeState".to_string(), state.to_string());
+    }
+    Ok(StatusResponse {
+        status: Some(RuntimeStatus { conditions }),
+        info,
+        runtime_handlers,
+        features: None,
+    })
+}
