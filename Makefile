@@ -1,0 +1,75 @@
+# crius — the two commands: `make run` and `make test`. See README.md.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+CARGO ?= cargo
+
+# Debian 12 packages. Runtime: what crius drives on a node. Build: what the build needs.
+# Test: the fixtures (loopback registry, image tooling) and the reference runtime.
+PACKAGES_RUN   := runc crun containernetworking-plugins iptables iproute2
+PACKAGES_BUILD := protobuf-compiler gcc libc6-dev make
+PACKAGES_TEST  := docker-registry skopeo umoci busybox-static jq curl
+
+CNI_CONF_DIR ?= /etc/cni/net.d
+RUN_ARGS ?=
+
+.PHONY: help run test lint build build-release deps deps-test install-cni unit e2e bench clean
+
+help:
+	@echo "make run    install what is missing, build, start crius with the default config"
+	@echo "make test   install what the tests need, build, run unit + e2e tests and lint"
+	@echo "make lint   cargo fmt --check and clippy -D warnings"
+
+# Installs the Debian packages in $(1) that are not installed yet.
+define apt_install
+	@missing=$$(for p in $(1); do dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'install ok installed' || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+	  echo "installing:" $$missing; \
+	  if [ "$$(id -u)" != 0 ]; then echo "run as root to install packages" >&2; exit 1; fi; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	fi
+endef
+
+deps:
+	$(call apt_install,$(PACKAGES_RUN) $(PACKAGES_BUILD))
+	@command -v $(CARGO) >/dev/null || { echo "cargo not found: install a Rust toolchain (rustup.rs), 1.89 or newer" >&2; exit 1; }
+
+deps-test: deps
+	$(call apt_install,$(PACKAGES_TEST))
+
+build: deps
+	$(CARGO) build --workspace --bins
+
+build-release: deps
+	$(CARGO) build --release --workspace --bins
+
+# Installs the default CNI network unless the conf dir already holds one.
+install-cni:
+	@mkdir -p $(CNI_CONF_DIR)
+	@if ls $(CNI_CONF_DIR)/*.conf $(CNI_CONF_DIR)/*.conflist $(CNI_CONF_DIR)/*.json >/dev/null 2>&1; then \
+	  echo "keeping the CNI config in $(CNI_CONF_DIR)"; \
+	else \
+	  install -m 0644 cni/conf/10-crius-bridge.conflist $(CNI_CONF_DIR)/ && echo "installed $(CNI_CONF_DIR)/10-crius-bridge.conflist"; \
+	fi
+
+run: build-release install-cni
+	./target/release/crius $(RUN_ARGS)
+
+unit: build
+	$(CARGO) test --workspace --exclude crius-e2e
+
+e2e: deps-test build
+	$(CARGO) test -p crius-e2e
+
+test: deps-test build
+	$(CARGO) test --workspace
+	$(MAKE) --no-print-directory lint
+
+lint: deps
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+bench: build-release
+	$(CARGO) run --release -p crius-e2e --bin crius-bench
+
+clean:
+	$(CARGO) clean

@@ -1,0 +1,324 @@
+//! The real `crius` daemon under test.
+//!
+//! Owns starting the built binary with its own temporary root, runroot, socket, CNI conf dir and
+//! config; connecting `k8s-cri` clients over the unix socket; reading its metrics; stopping it.
+//! Every instance is isolated so tests run in parallel. When a test panics, the daemon's log is
+//! printed; the process is always killed and reaped, and the temp dir removed.
+
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use hyper_util::rt::TokioIo;
+use k8s_cri::v1::image_service_client::ImageServiceClient;
+use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
+use tonic::transport::{Channel, Endpoint, Uri};
+
+/// Path of the `crius` binary under test: `$CRIUS_BIN`, else the workspace's debug build.
+pub fn crius_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("CRIUS_BIN") {
+        return PathBuf::from(p);
+    }
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"));
+    let bin = target.join("debug/crius");
+    assert!(
+        bin.exists(),
+        "{} not found: build it first (`cargo build --workspace`, as `make test` does) or set CRIUS_BIN",
+        bin.display()
+    );
+    bin
+}
+
+/// A free TCP port on loopback (released before use; callers retry on a clash).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("bind 127.0.0.1:0")
+}
+
+/// Options for [`Daemon::start_with`].
+#[derive(Default, Clone)]
+pub struct Options {
+    /// TOML appended to the generated main config file.
+    pub extra_config: String,
+}
+
+/// Paths of one isolated daemon instance.
+pub struct Paths {
+    pub dir: PathBuf,
+    pub config: PathBuf,
+    pub config_dir: PathBuf,
+    pub socket: PathBuf,
+    pub root: PathBuf,
+    pub runroot: PathBuf,
+    pub cni_conf_dir: PathBuf,
+    pub log: PathBuf,
+}
+
+impl Paths {
+    fn new(dir: &Path) -> Paths {
+        Paths {
+            dir: dir.to_path_buf(),
+            config: dir.join("crius.toml"),
+            config_dir: dir.join("crius.d"),
+            socket: dir.join("run/crius.sock"),
+            root: dir.join("root"),
+            runroot: dir.join("runroot"),
+            cni_conf_dir: dir.join("net.d"),
+            log: dir.join("crius.log"),
+        }
+    }
+}
+
+/// A running `crius`.
+pub struct Daemon {
+    tmp: tempfile::TempDir,
+    pub paths: Paths,
+    pub metrics_addr: String,
+    child: Option<Child>,
+    options: Options,
+}
+
+impl Daemon {
+    pub async fn start() -> Daemon {
+        Daemon::start_with(Options::default()).await
+    }
+
+    pub async fn start_with(options: Options) -> Daemon {
+        let tmp = tempfile::Builder::new()
+            .prefix("crius-e2e-")
+            .tempdir()
+            .expect("temp dir");
+        let paths = Paths::new(tmp.path());
+        std::fs::create_dir_all(&paths.config_dir).expect("config dir");
+        std::fs::create_dir_all(&paths.cni_conf_dir).expect("cni conf dir");
+        let mut daemon = Daemon {
+            tmp,
+            paths,
+            metrics_addr: String::new(),
+            child: None,
+            options,
+        };
+        daemon.restart().await;
+        daemon
+    }
+
+    /// The main config file the harness writes: isolated dirs plus the test's extra TOML.
+    fn write_config(&mut self) {
+        self.metrics_addr = format!("127.0.0.1:{}", free_port());
+        let p = &self.paths;
+        let text = format!(
+            "[api]\nlisten = {:?}\n\n[state]\nroot = {:?}\nrunroot = {:?}\n\n[network]\nconf_dir = {:?}\n\n\
+             [metrics]\naddress = {:?}\n\n[log]\nlevel = \"debug\"\n\n{}\n",
+            p.socket, p.root, p.runroot, p.cni_conf_dir, self.metrics_addr, self.options.extra_config
+        );
+        std::fs::write(&p.config, text).expect("write config");
+    }
+
+    /// A command line for the binary with this instance's config.
+    pub fn command(&self) -> Command {
+        let mut cmd = Command::new(crius_bin());
+        cmd.arg("--config")
+            .arg(&self.paths.config)
+            .arg("--config-dir")
+            .arg(&self.paths.config_dir);
+        cmd
+    }
+
+    /// (Re)starts the daemon and waits until `Version` answers. A daemon still running is killed.
+    pub async fn restart(&mut self) {
+        self.kill9();
+        for attempt in 0..3 {
+            self.write_config();
+            let log = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&self.paths.log)
+                .expect("open daemon log");
+            let child = self
+                .command()
+                .stdin(Stdio::null())
+                .stdout(log.try_clone().expect("clone log fd"))
+                .stderr(log)
+                .spawn()
+                .expect("spawn crius");
+            self.child = Some(child);
+            match self.wait_ready().await {
+                Ok(()) => return,
+                Err(e) if attempt < 2 && self.log().contains("bind metrics address") => {
+                    eprintln!("metrics port clash, retrying: {e}");
+                    self.kill9();
+                }
+                Err(e) => panic!(
+                    "crius did not become ready: {e}\n--- daemon log ---\n{}",
+                    self.log()
+                ),
+            }
+        }
+    }
+
+    async fn wait_ready(&mut self) -> Result<(), String> {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            if let Some(child) = self.child.as_mut() {
+                if let Ok(Some(status)) = child.try_wait() {
+                    self.child = None;
+                    return Err(format!("exited early with {status}"));
+                }
+            }
+            if self.paths.socket.exists() {
+                if let Ok(mut client) = self.try_runtime().await {
+                    let req = k8s_cri::v1::VersionRequest::default();
+                    if client.version(req).await.is_ok() {
+                        return Ok(());
+                    }
+                }
+            }
+            if Instant::now() > deadline {
+                return Err("timed out after 15 s".into());
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    async fn channel(socket: PathBuf) -> Result<Channel, tonic::transport::Error> {
+        Endpoint::from_static("http://[::]:50051")
+            .connect_with_connector(tower::service_fn(move |_: Uri| {
+                let socket = socket.clone();
+                async move {
+                    tokio::net::UnixStream::connect(socket)
+                        .await
+                        .map(TokioIo::new)
+                }
+            }))
+            .await
+    }
+
+    async fn try_runtime(&self) -> Result<RuntimeServiceClient<Channel>, tonic::transport::Error> {
+        Ok(RuntimeServiceClient::new(
+            Self::channel(self.paths.socket.clone()).await?,
+        ))
+    }
+
+    /// A RuntimeService client on a fresh connection.
+    pub async fn runtime(&self) -> RuntimeServiceClient<Channel> {
+        self.try_runtime()
+            .await
+            .unwrap_or_else(|e| panic!("connect {}: {e}", self.paths.socket.display()))
+    }
+
+    /// An ImageService client on a fresh connection.
+    pub async fn image(&self) -> ImageServiceClient<Channel> {
+        let channel = Self::channel(self.paths.socket.clone())
+            .await
+            .unwrap_or_else(|e| panic!("connect {}: {e}", self.paths.socket.display()));
+        ImageServiceClient::new(channel)
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+
+    /// Sends `signal` to the daemon.
+    pub fn signal(&self, signal: i32) {
+        if let Some(pid) = self.pid() {
+            // SAFETY: kill(2) with a pid we spawned and still own (not yet reaped).
+            #[allow(unsafe_code)]
+            unsafe {
+                libc::kill(pid as libc::pid_t, signal);
+            }
+        }
+    }
+
+    /// SIGTERM, then waits (bounded) for the exit. Returns the status and how long it took.
+    pub fn terminate(&mut self, timeout: Duration) -> Option<(ExitStatus, Duration)> {
+        let started = Instant::now();
+        self.signal(libc::SIGTERM);
+        let mut child = self.child.take()?;
+        while started.elapsed() < timeout {
+            if let Ok(Some(status)) = child.try_wait() {
+                return Some((status, started.elapsed()));
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        None
+    }
+
+    /// SIGKILL and reap: the daemon gets no chance to clean up.
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Everything the daemon logged so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.paths.log).unwrap_or_default()
+    }
+
+    /// GET `path` from the metrics endpoint: (status code, body).
+    pub fn http_get(&self, path: &str) -> (u16, String) {
+        http_get(&self.metrics_addr, path)
+    }
+
+    pub fn dir(&self) -> &Path {
+        self.tmp.path()
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.kill9();
+        if std::thread::panicking() {
+            eprintln!(
+                "--- crius log ({}) ---\n{}\n--- end of crius log ---",
+                self.paths.log.display(),
+                self.log()
+            );
+        }
+    }
+}
+
+/// A minimal HTTP/1.1 GET over loopback (bounded by a 5 s timeout).
+pub fn http_get(addr: &str, path: &str) -> (u16, String) {
+    let mut stream =
+        std::net::TcpStream::connect(addr).unwrap_or_else(|e| panic!("connect {addr}: {e}"));
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("set timeout");
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .expect("write request");
+    let mut raw = String::new();
+    stream.read_to_string(&mut raw).expect("read response");
+    let (head, body) = raw.split_once("\r\n\r\n").unwrap_or((&raw, ""));
+    let code = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    (code, body.to_string())
+}
+
+/// The value of the sample `name{labels}` in a Prometheus text exposition.
+pub fn metric_value(exposition: &str, series: &str) -> Option<f64> {
+    exposition
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .find_map(|l| {
+            l.strip_prefix(series)?
+                .strip_prefix(' ')?
+                .trim()
+                .parse()
+                .ok()
+        })
+}

@@ -1,0 +1,414 @@
+//! Foundation e2e: the real daemon over its socket — Version/Status/RuntimeConfig, metrics,
+//! configuration errors and layering, socket ownership, graceful shutdown.
+
+#![allow(clippy::unwrap_used)] // Tests fail by panicking.
+
+use std::time::Duration;
+
+use crius_e2e::daemon::{metric_value, Daemon, Options};
+use k8s_cri::v1 as cri;
+
+const CONFLIST: &str = r#"{"cniVersion":"1.0.0","name":"e2e","plugins":[{"type":"loopback"}]}"#;
+
+fn condition<'a>(resp: &'a cri::StatusResponse, kind: &str) -> &'a cri::RuntimeCondition {
+    resp.status
+        .as_ref()
+        .and_then(|s| s.conditions.iter().find(|c| c.r#type == kind))
+        .unwrap_or_else(|| panic!("no {kind} condition in {resp:?}"))
+}
+
+#[tokio::test]
+async fn version_names_crius_and_the_v1_api() {
+    let d = Daemon::start().await;
+    let v = d
+        .runtime()
+        .await
+        .version(cri::VersionRequest {
+            version: "0.1.0".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(v.runtime_name, "crius");
+    assert_eq!(v.runtime_version, env!("CARGO_PKG_VERSION"));
+    assert_eq!(v.runtime_api_version, "v1");
+    assert_eq!(v.version, "0.1.0");
+}
+
+#[tokio::test]
+async fn network_ready_follows_the_cni_conf_dir_without_restart() {
+    let d = Daemon::start().await;
+    let mut rt = d.runtime().await;
+    let status = rt
+        .status(cri::StatusRequest { verbose: false })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(condition(&status, "RuntimeReady").status, "{status:?}");
+    let net = condition(&status, "NetworkReady");
+    assert!(!net.status);
+    assert_eq!(net.reason, "NetworkPluginNotReady");
+    assert!(
+        net.message
+            .contains(&d.paths.cni_conf_dir.display().to_string()),
+        "{}",
+        net.message
+    );
+
+    std::fs::write(d.paths.cni_conf_dir.join("10-e2e.conflist"), CONFLIST).unwrap();
+    let status = rt
+        .status(cri::StatusRequest { verbose: false })
+        .await
+        .unwrap()
+        .into_inner();
+    let net = condition(&status, "NetworkReady");
+    assert!(net.status, "{net:?}");
+    assert!(net.reason.is_empty());
+
+    std::fs::remove_file(d.paths.cni_conf_dir.join("10-e2e.conflist")).unwrap();
+    let status = rt
+        .status(cri::StatusRequest { verbose: false })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!condition(&status, "NetworkReady").status);
+}
+
+#[tokio::test]
+async fn status_verbose_reports_the_effective_config_and_handlers() {
+    let d = Daemon::start().await;
+    let status = d
+        .runtime()
+        .await
+        .status(cri::StatusRequest { verbose: true })
+        .await
+        .unwrap()
+        .into_inner();
+    let config: serde_json::Value = serde_json::from_str(&status.info["config"]).unwrap();
+    assert_eq!(
+        config["api"]["listen"],
+        d.paths.socket.display().to_string()
+    );
+    assert_eq!(config["runtime"]["cgroup_driver"], "cgroupfs");
+    let names: Vec<_> = status
+        .runtime_handlers
+        .iter()
+        .map(|h| h.name.as_str())
+        .collect();
+    assert_eq!(names, ["crun", "runc"]);
+}
+
+#[tokio::test]
+async fn runtime_config_reports_cgroupfs_and_systemd_when_configured() {
+    let d = Daemon::start().await;
+    let resp = d
+        .runtime()
+        .await
+        .runtime_config(cri::RuntimeConfigRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        resp.linux.unwrap().cgroup_driver,
+        cri::CgroupDriver::Cgroupfs as i32
+    );
+
+    let d = Daemon::start_with(Options {
+        extra_config: "[runtime]\ncgroup_driver = \"systemd\"\n".into(),
+    })
+    .await;
+    let resp = d
+        .runtime()
+        .await
+        .runtime_config(cri::RuntimeConfigRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        resp.linux.unwrap().cgroup_driver,
+        cri::CgroupDriver::Systemd as i32
+    );
+}
+
+async fn pod_cidr(d: &Daemon) -> String {
+    let status = d
+        .runtime()
+        .await
+        .status(cri::StatusRequest { verbose: true })
+        .await
+        .unwrap()
+        .into_inner();
+    let state: serde_json::Value = serde_json::from_str(&status.info["runtimeState"]).unwrap();
+    state["podCIDR"].as_str().unwrap().to_string()
+}
+
+fn cidr_request(cidr: &str) -> cri::UpdateRuntimeConfigRequest {
+    cri::UpdateRuntimeConfigRequest {
+        runtime_config: Some(cri::RuntimeConfig {
+            network_config: Some(cri::NetworkConfig {
+                pod_cidr: cidr.into(),
+            }),
+        }),
+    }
+}
+
+#[tokio::test]
+async fn update_runtime_config_keeps_the_pod_cidr_across_restarts() {
+    let mut d = Daemon::start().await;
+    let mut rt = d.runtime().await;
+    rt.update_runtime_config(cidr_request("10.88.0.0/16"))
+        .await
+        .unwrap();
+    assert_eq!(pod_cidr(&d).await, "10.88.0.0/16");
+    // An empty update keeps what we have.
+    rt.update_runtime_config(cidr_request("")).await.unwrap();
+    assert_eq!(pod_cidr(&d).await, "10.88.0.0/16");
+    let err = rt
+        .update_runtime_config(cidr_request("10.88.0.0/99"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    assert!(err.message().contains("10.88.0.0/99"), "{}", err.message());
+
+    d.kill9();
+    d.restart().await;
+    assert_eq!(pod_cidr(&d).await, "10.88.0.0/16");
+}
+
+#[tokio::test]
+async fn rpcs_of_later_capabilities_answer_unimplemented_naming_the_rpc() {
+    let d = Daemon::start().await;
+    let err = d
+        .runtime()
+        .await
+        .list_pod_sandbox(cri::ListPodSandboxRequest::default())
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Unimplemented);
+    assert!(
+        err.message().contains("ListPodSandbox"),
+        "{}",
+        err.message()
+    );
+    let err = d
+        .image()
+        .await
+        .image_fs_info(cri::ImageFsInfoRequest {})
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Unimplemented);
+    assert!(err.message().contains("ImageFsInfo"), "{}", err.message());
+}
+
+#[tokio::test]
+async fn metrics_count_operations_errors_and_latency() {
+    let d = Daemon::start().await;
+    let before = metric_value(
+        &d.http_get("/metrics").1,
+        "crius_operations_total{operation=\"Version\"}",
+    )
+    .unwrap_or(0.0);
+    let mut rt = d.runtime().await;
+    const N: usize = 25;
+    for _ in 0..N {
+        rt.version(cri::VersionRequest::default()).await.unwrap();
+    }
+    let _ = rt
+        .run_pod_sandbox(cri::RunPodSandboxRequest::default())
+        .await
+        .unwrap_err();
+
+    let (code, body) = d.http_get("/metrics");
+    assert_eq!(code, 200);
+    let ops = metric_value(&body, "crius_operations_total{operation=\"Version\"}").unwrap();
+    assert_eq!(ops - before, N as f64, "{body}");
+    let count = metric_value(
+        &body,
+        "crius_operations_latency_seconds_count{operation=\"Version\"}",
+    )
+    .unwrap();
+    assert_eq!(count, ops);
+    assert!(body
+        .contains("crius_operations_latency_seconds_bucket{operation=\"Version\",le=\"0.001\"}"));
+    let errors = metric_value(
+        &body,
+        "crius_operations_errors_total{code=\"Unimplemented\",operation=\"RunPodSandbox\"}",
+    );
+    assert_eq!(errors, Some(1.0), "{body}");
+    assert_eq!(d.http_get("/healthz"), (200, "ok\n".to_string()));
+    assert_eq!(d.http_get("/nope").0, 404);
+}
+
+#[tokio::test]
+async fn a_second_daemon_on_the_same_socket_refuses_and_the_first_keeps_serving() {
+    let d = Daemon::start().await;
+    let other = tempfile::tempdir().unwrap();
+    let out = d
+        .command()
+        .arg("--root")
+        .arg(other.path().join("root"))
+        .arg("--runroot")
+        .arg(other.path().join("run"))
+        .arg("--metrics-address")
+        .arg(format!("127.0.0.1:{}", crius_e2e::daemon::free_port()))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("answering on") && stderr.contains("crius.sock"),
+        "{stderr}"
+    );
+    let v = d
+        .runtime()
+        .await
+        .version(cri::VersionRequest::default())
+        .await;
+    assert!(v.is_ok(), "first daemon stopped answering: {v:?}");
+}
+
+#[tokio::test]
+async fn a_second_daemon_on_the_same_state_root_refuses() {
+    let d = Daemon::start().await;
+    let other = tempfile::tempdir().unwrap();
+    let out = d
+        .command()
+        .arg("--listen")
+        .arg(other.path().join("other.sock"))
+        .arg("--metrics-address")
+        .arg(format!("127.0.0.1:{}", crius_e2e::daemon::free_port()))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("in use by another crius"), "{stderr}");
+    assert!(!other.path().join("other.sock").exists());
+}
+
+#[tokio::test]
+async fn sigterm_exits_zero_quickly_and_removes_the_socket() {
+    let mut d = Daemon::start().await;
+    let (status, took) = d
+        .terminate(Duration::from_secs(5))
+        .expect("daemon did not exit on SIGTERM");
+    assert!(status.success(), "exit status {status}\n{}", d.log());
+    assert!(took < Duration::from_secs(2), "took {took:?}");
+    assert!(!d.paths.socket.exists());
+}
+
+#[tokio::test]
+async fn a_stale_socket_left_by_kill_9_is_replaced() {
+    let mut d = Daemon::start().await;
+    d.kill9();
+    assert!(
+        d.paths.socket.exists(),
+        "kill -9 leaves the socket file behind"
+    );
+    d.restart().await;
+    let v = d
+        .runtime()
+        .await
+        .version(cri::VersionRequest::default())
+        .await;
+    assert!(v.is_ok());
+    assert!(d.log().contains("replacing stale socket"));
+}
+
+#[tokio::test]
+async fn bad_config_stops_the_daemon_before_it_binds_naming_file_and_key() {
+    let d = Daemon::start().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let socket = tmp.path().join("bad.sock");
+    let cases = [
+        (
+            "[image]\nmax_concurent_downloads = 2\n",
+            "image.max_concurent_downloads",
+        ),
+        (
+            "[image]\nmax_concurrent_downloads = 0\n",
+            "image.max_concurrent_downloads",
+        ),
+        (
+            "[metrics]\naddress = \"not-an-address\"\n",
+            "metrics.address",
+        ),
+        ("[runtime]\ncgroup_driver = 3\n", "runtime.cgroup_driver"),
+    ];
+    for (i, (text, key)) in cases.iter().enumerate() {
+        let file = tmp.path().join(format!("bad-{i}.toml"));
+        std::fs::write(&file, text).unwrap();
+        let out = std::process::Command::new(crius_e2e::daemon::crius_bin())
+            .arg("--config")
+            .arg(&file)
+            .arg("--config-dir")
+            .arg(tmp.path().join("none.d"))
+            .arg("--listen")
+            .arg(&socket)
+            .arg("--root")
+            .arg(tmp.path().join("root"))
+            .arg("--runroot")
+            .arg(tmp.path().join("run"))
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{text} was accepted");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(&file.display().to_string()), "{stderr}");
+        assert!(stderr.contains(key), "{stderr}");
+        assert!(!socket.exists(), "a socket was created for {text}");
+        assert!(
+            !tmp.path().join("root").exists(),
+            "state root created for {text}"
+        );
+    }
+    drop(d);
+}
+
+#[tokio::test]
+async fn drop_ins_override_only_their_keys_and_crius_config_prints_the_result() {
+    let d = Daemon::start().await;
+    std::fs::write(
+        d.paths.config_dir.join("20-mirror.toml"),
+        "[image.registries.\"docker.io\"]\nmirrors = [\"127.0.0.1:5000/hub\"]\n",
+    )
+    .unwrap();
+    std::fs::write(
+        d.paths.config_dir.join("10-dl.toml"),
+        "[image]\nmax_concurrent_downloads = 9\n",
+    )
+    .unwrap();
+    let out = d
+        .command()
+        .arg("--log-level")
+        .arg("warn")
+        .arg("config")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let printed: toml::Table = String::from_utf8_lossy(&out.stdout).parse().unwrap();
+    assert_eq!(
+        printed["image"]["max_concurrent_downloads"].as_integer(),
+        Some(9)
+    );
+    assert_eq!(
+        printed["image"]["default_registry"].as_str(),
+        Some("docker.io")
+    );
+    assert_eq!(
+        printed["image"]["registries"]["docker.io"]["mirrors"][0].as_str(),
+        Some("127.0.0.1:5000/hub")
+    );
+    assert_eq!(
+        printed["log"]["level"].as_str(),
+        Some("warn"),
+        "flag beats files"
+    );
+    assert_eq!(
+        printed["api"]["listen"].as_str(),
+        Some(d.paths.socket.display().to_string().as_str()),
+        "main file keys survive"
+    );
+}
