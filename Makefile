@@ -69,7 +69,7 @@ lint: deps
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
 bench: build-release
-	$(CARGO) run --release -p crius-e2e --bin crius-bench
+	CRIUS_BIN=$(CURDIR)/target/release/crius $(CARGO) run --release -p crius-e2e --bin crius-bench
 
 clean:
 	$(CARGO) clean

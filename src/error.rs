@@ -15,6 +15,8 @@ pub enum ErrorKind {
     FailedPrecondition,
     Unavailable,
     DeadlineExceeded,
+    Unauthenticated,
+    PermissionDenied,
     Unimplemented,
     Internal,
 }

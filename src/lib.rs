@@ -8,6 +8,7 @@
 pub mod app;
 pub mod config;
 pub mod error;
+pub mod image;
 pub mod metrics;
 pub mod runtime;
 pub mod server;

@@ -1,0 +1,186 @@
+//! `crius-bench`: figures for the closing notes, side by side with containerd's CRI plugin when
+//! `containerd` is installed (the reference peer). Prints; asserts nothing.
+//!
+//! - start-to-socket-ready (spawn until the first `Version` answers), median of 10;
+//! - daemon RSS after start, after 10 000 and after 20 000 `Version` calls;
+//! - `Version` round-trip latency p50/p99 over the unix socket.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // A bench binary: failing loudly is the point.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crius_e2e::daemon::{crius_bin, free_port};
+use hyper_util::rt::TokioIo;
+use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
+use k8s_cri::v1::VersionRequest;
+use tonic::transport::{Channel, Endpoint, Uri};
+
+const CALLS: usize = 10_000;
+const STARTS: usize = 10;
+
+async fn connect(socket: &Path) -> Option<RuntimeServiceClient<Channel>> {
+    let socket = socket.to_path_buf();
+    let channel = Endpoint::from_static("http://[::]:50051")
+        .connect_with_connector(tower::service_fn(move |_: Uri| {
+            let socket = socket.clone();
+            async move { tokio::net::UnixStream::connect(socket).await.map(TokioIo::new) }
+        }))
+        .await
+        .ok()?;
+    Some(RuntimeServiceClient::new(channel))
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+struct Subject {
+    name: &'static str,
+    /// Writes config into the dir and returns (command, socket).
+    prepare: fn(&Path) -> (Command, PathBuf),
+}
+
+fn crius(dir: &Path) -> (Command, PathBuf) {
+    let socket = dir.join("crius.sock");
+    let config = dir.join("crius.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[api]\nlisten = {socket:?}\n[state]\nroot = {:?}\nrunroot = {:?}\n[network]\nconf_dir = {:?}\n\
+             [metrics]\naddress = \"127.0.0.1:{}\"\n[log]\nlevel = \"warn\"\n",
+            dir.join("root"),
+            dir.join("run"),
+            dir.join("net.d"),
+            free_port()
+        ),
+    )
+    .unwrap();
+    let mut cmd = Command::new(crius_bin());
+    cmd.arg("--config").arg(&config).arg("--config-dir").arg(dir.join("crius.d"));
+    (cmd, socket)
+}
+
+fn containerd(dir: &Path) -> (Command, PathBuf) {
+    let socket = dir.join("containerd.sock");
+    let config = dir.join("containerd.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "version = 2\nroot = {:?}\nstate = {:?}\n[grpc]\naddress = {socket:?}\n[ttrpc]\naddress = {:?}\n\
+             [plugins.\"io.containerd.grpc.v1.cri\".cni]\nconf_dir = {:?}\n",
+            dir.join("root"),
+            dir.join("state"),
+            dir.join("ttrpc.sock"),
+            dir.join("net.d"),
+        ),
+    )
+    .unwrap();
+    let mut cmd = Command::new("containerd");
+    cmd.arg("--config").arg(&config).arg("--log-level").arg("warn");
+    (cmd, socket)
+}
+
+struct Running {
+    child: Child,
+    _dir: tempfile::TempDir,
+    started: Duration,
+    client: RuntimeServiceClient<Channel>,
+}
+
+async fn start(subject: &Subject) -> Option<Running> {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut cmd, socket) = (subject.prepare)(dir.path());
+    let t0 = Instant::now();
+    let mut child = cmd.stdout(Stdio::null()).stderr(Stdio::null()).spawn().ok()?;
+    let deadline = t0 + Duration::from_secs(20);
+    loop {
+        if let Some(mut c) = connect(&socket).await {
+            if c.version(VersionRequest::default()).await.is_ok() {
+                return Some(Running { child, _dir: dir, started: t0.elapsed(), client: c });
+            }
+        }
+        if Instant::now() > deadline || child.try_wait().ok().flatten().is_some() {
+            let _ = child.kill();
+            let _ = child.wait();
+            return None;
+        }
+        tokio::time::sleep(Duration::from_micros(500)).await;
+    }
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.2} ms", d.as_secs_f64() * 1e3)
+}
+
+fn us(d: Duration) -> String {
+    format!("{:.0} µs", d.as_secs_f64() * 1e6)
+}
+
+async fn bench(subject: &Subject) {
+    let mut starts = Vec::new();
+    for _ in 0..STARTS {
+        let Some(mut r) = start(subject).await else {
+            println!("{:<11} could not be started; skipped", subject.name);
+            return;
+        };
+        starts.push(r.started);
+        let _ = r.child.kill();
+        let _ = r.child.wait();
+    }
+    starts.sort();
+
+    let mut r = start(subject).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let pid = r.child.id();
+    let rss_start = rss_kib(pid);
+    let mut lat = Vec::with_capacity(CALLS);
+    for _ in 0..CALLS {
+        let t = Instant::now();
+        r.client.version(VersionRequest::default()).await.unwrap();
+        lat.push(t.elapsed());
+    }
+    let rss_10k = rss_kib(pid);
+    for _ in 0..CALLS {
+        r.client.version(VersionRequest::default()).await.unwrap();
+    }
+    let rss_20k = rss_kib(pid);
+    lat.sort();
+    println!(
+        "{:<11} start→ready median {:>9}  | RSS start {:>6} KiB, after 10k {:>6} KiB, after 20k {:>6} KiB \
+         | Version p50 {:>6} p99 {:>6}",
+        subject.name,
+        ms(percentile(&starts, 0.5)),
+        rss_start,
+        rss_10k,
+        rss_20k,
+        us(percentile(&lat, 0.5)),
+        us(percentile(&lat, 0.99)),
+    );
+    let _ = r.child.kill();
+    let _ = r.child.wait();
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() {
+    println!("crius-bench: {STARTS} starts, {CALLS} Version calls on one connection (binary {})", crius_bin().display());
+    let subjects = [
+        Subject { name: "crius", prepare: crius },
+        Subject { name: "containerd", prepare: containerd },
+    ];
+    for s in &subjects {
+        bench(s).await;
+    }
+}
