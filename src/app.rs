@@ -17,8 +17,10 @@ use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::watch;
 use tokio_stream::wrappers::UnixListenerStream;
 
-use crate::config::Config;
+use crate::config::{Config, Sources};
 use crate::error::{Error, Result};
+use crate::image::registry::Credentials;
+use crate::image::Images;
 use crate::metrics::Metrics;
 use crate::server::CriService;
 use crate::store::{Collection, Record};
@@ -42,6 +44,7 @@ const RUNTIME_STATE_ID: &str = "node";
 /// Restored state; present once the startup gate opens.
 struct State {
     runtime: Arc<Collection<RuntimeState>>,
+    images: Images,
 }
 
 /// Why a runtime condition is false.
@@ -54,18 +57,58 @@ pub struct NotReady {
 pub struct Daemon {
     pub config: Arc<Config>,
     pub metrics: Arc<Metrics>,
+    /// Where the configuration came from, for SIGHUP reloads (None: no reloads).
+    sources: Option<Sources>,
     state: OnceLock<State>,
     ready: AtomicBool,
 }
 
 impl Daemon {
-    pub fn new(config: Config, metrics: Arc<Metrics>) -> Arc<Self> {
+    pub fn new(config: Config, metrics: Arc<Metrics>, sources: Option<Sources>) -> Arc<Self> {
         Arc::new(Daemon {
             config: Arc::new(config),
             metrics,
+            sources,
             state: OnceLock::new(),
             ready: AtomicBool::new(false),
         })
+    }
+
+    /// The image domain, once restored.
+    pub fn images(&self) -> Result<&Images> {
+        Ok(&self.state()?.images)
+    }
+
+    /// Re-reads the configuration and applies what can change at runtime (registries).
+    pub fn reload(&self) {
+        let Some(sources) = &self.sources else { return };
+        match crate::config::load(sources) {
+            Ok(config) => {
+                if let Ok(images) = self.images() {
+                    images.reload(&config.image);
+                }
+                tracing::info!(
+                    registries = config.image.registries.len(),
+                    "configuration reloaded (registries)"
+                );
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "configuration reload refused; keeping the running configuration")
+            }
+        }
+    }
+
+    /// Credentials for `registry` from `[image] auth_file`, if configured and present.
+    pub async fn auth_file_credentials(&self, registry: &str) -> Option<Credentials> {
+        let path = self.config.image.auth_file.clone();
+        if path.as_os_str().is_empty() {
+            return None;
+        }
+        let registry = registry.to_string();
+        tokio::task::spawn_blocking(move || crate::image::auth_file::lookup(&path, &registry))
+            .await
+            .ok()
+            .flatten()
     }
 
     /// True once state is restored and every RPC may be served.
@@ -82,20 +125,22 @@ impl Daemon {
     pub async fn restore(self: &Arc<Self>) -> Result<()> {
         let started = Instant::now();
         let root = self.config.state.root.clone();
-        let (runtime, report) =
-            tokio::task::spawn_blocking(move || Collection::<RuntimeState>::open(&root))
-                .await
-                .map_err(|e| Error::Internal(format!("restore task: {e}")))??;
-        for problem in &report.corrupt {
-            tracing::error!(error = %problem, "skipping unreadable state record");
-        }
-        if self.state.set(State { runtime }).is_err() {
+        let image_config = self.config.image.clone();
+        let metrics = self.metrics.clone();
+        let (runtime, report, images) = tokio::task::spawn_blocking(move || {
+            let (runtime, report) = Collection::<RuntimeState>::open(&root)?;
+            let images = Images::open(&root, &image_config, metrics)?;
+            Ok::<_, Error>((runtime, report, images))
+        })
+        .await
+        .map_err(|e| Error::Internal(format!("restore task: {e}")))??;
+        report.log("runtime");
+        if self.state.set(State { runtime, images }).is_err() {
             return Err(Error::Internal("state restored twice".into()));
         }
         self.ready.store(true, Ordering::Release);
         tracing::info!(
             elapsed_ms = started.elapsed().as_millis() as u64,
-            removed_temp_files = report.removed_temp_files,
             "state restored"
         );
         Ok(())
@@ -221,6 +266,18 @@ pub async fn run(
     tokio::spawn(async move {
         shutdown.await;
         let _ = stop_tx.send(true);
+    });
+
+    let reloading = daemon.clone();
+    tokio::spawn(async move {
+        use tokio::signal::unix::{signal, SignalKind};
+        let Ok(mut hup) = signal(SignalKind::hangup()) else {
+            tracing::warn!("cannot install the SIGHUP handler; reloads disabled");
+            return;
+        };
+        while hup.recv().await.is_some() {
+            reloading.reload();
+        }
     });
 
     let service = CriService::new(daemon);

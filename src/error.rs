@@ -40,6 +40,8 @@ pub enum Error {
     Starting,
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error(transparent)]
+    Image(#[from] crate::image::ImageError),
     #[error("{0}")]
     Internal(String),
 }
@@ -54,6 +56,7 @@ impl Error {
             Error::Unimplemented(_) => ErrorKind::Unimplemented,
             Error::Starting => ErrorKind::Unavailable,
             Error::Store(e) => e.kind(),
+            Error::Image(e) => e.kind(),
             Error::Internal(_) => ErrorKind::Internal,
         }
     }

@@ -141,7 +141,7 @@ async fn shutdown_signal() {
     tracing::info!(signal = name, "shutdown requested");
 }
 
-fn serve(cfg: config::Config) -> anyhow::Result<()> {
+fn serve(cfg: config::Config, sources: Sources) -> anyhow::Result<()> {
     init_logging(&cfg.log)?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -193,7 +193,7 @@ fn serve(cfg: config::Config) -> anyhow::Result<()> {
             "crius serving"
         );
         let metrics = metrics::Metrics::new().context("register metrics")?;
-        let daemon = app::Daemon::new(cfg, metrics);
+        let daemon = app::Daemon::new(cfg, metrics, Some(sources));
         let result = app::run(daemon, listener, metrics_listener, shutdown_signal()).await;
         socket::remove(&listen);
         drop(lock);
@@ -205,7 +205,8 @@ fn serve(cfg: config::Config) -> anyhow::Result<()> {
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    let cfg = match config::load(&cli.sources()) {
+    let sources = cli.sources();
+    let cfg = match config::load(&sources) {
         Ok(cfg) => cfg,
         Err(e) => {
             eprintln!("crius: {e}");
@@ -221,7 +222,7 @@ fn main() -> std::process::ExitCode {
             println!("crius {} (CRI v1)", env!("CARGO_PKG_VERSION"));
             Ok(())
         }
-        Command::Serve => serve(cfg),
+        Command::Serve => serve(cfg, sources),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -10,7 +10,9 @@ use std::sync::Arc;
 use http_body_util::Full;
 use hyper::body::{Bytes, Incoming};
 use hyper::{Method, Request, Response, StatusCode};
-use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry};
+use prometheus::{
+    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, Opts, Registry,
+};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
@@ -26,6 +28,10 @@ pub struct Metrics {
     pub operations_total: IntCounterVec,
     pub operations_errors_total: IntCounterVec,
     pub operations_latency_seconds: HistogramVec,
+    pub image_pulls_total: IntCounterVec,
+    pub image_pull_bytes_total: IntCounter,
+    pub image_pull_duration_seconds: Histogram,
+    pub image_layers_reused_total: IntCounter,
 }
 
 impl Metrics {
@@ -50,14 +56,46 @@ impl Metrics {
             .buckets(LATENCY_BUCKETS.to_vec()),
             &["operation"],
         )?;
+        let image_pulls_total = IntCounterVec::new(
+            Opts::new(
+                "crius_image_pulls_total",
+                "Image pulls by result (success or gRPC code)",
+            ),
+            &["result"],
+        )?;
+        let image_pull_bytes_total = IntCounter::new(
+            "crius_image_pull_bytes_total",
+            "Bytes downloaded from registries (layers and configs)",
+        )?;
+        let image_pull_duration_seconds = Histogram::with_opts(
+            HistogramOpts::new(
+                "crius_image_pull_duration_seconds",
+                "Duration of image pulls in seconds",
+            )
+            .buckets(vec![
+                0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0,
+            ]),
+        )?;
+        let image_layers_reused_total = IntCounter::new(
+            "crius_image_layers_reused_total",
+            "Layers a pull found already unpacked and reused",
+        )?;
         registry.register(Box::new(operations_total.clone()))?;
         registry.register(Box::new(operations_errors_total.clone()))?;
         registry.register(Box::new(operations_latency_seconds.clone()))?;
+        registry.register(Box::new(image_pulls_total.clone()))?;
+        registry.register(Box::new(image_pull_bytes_total.clone()))?;
+        registry.register(Box::new(image_pull_duration_seconds.clone()))?;
+        registry.register(Box::new(image_layers_reused_total.clone()))?;
         Ok(Arc::new(Metrics {
             registry,
             operations_total,
             operations_errors_total,
             operations_latency_seconds,
+            image_pulls_total,
+            image_pull_bytes_total,
+            image_pull_duration_seconds,
+            image_layers_reused_total,
         }))
     }
 

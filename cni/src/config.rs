@@ -83,6 +83,26 @@ impl NetworkConfigList {
     }
 }
 
+impl NetworkConfigList {
+    /// The list as CNI JSON (`cniVersion`, `name`, `disableCheck`, `plugins`), without `source`.
+    pub fn to_value(&self) -> serde_json::Value {
+        serde_json::json!({
+            "cniVersion": self.cni_version,
+            "name": self.name,
+            "disableCheck": self.disable_check,
+            "plugins": self.plugins,
+        })
+    }
+
+    /// The `type` of each plugin, in order (empty for a plugin without one).
+    pub fn plugin_types(&self) -> Vec<&str> {
+        self.plugins
+            .iter()
+            .map(|p| p.get("type").and_then(|t| t.as_str()).unwrap_or(""))
+            .collect()
+    }
+}
+
 /// What a scan of the conf dir found: valid networks in lexical file order, and the files refused.
 #[derive(Debug, Default)]
 pub struct ScanResult {
@@ -198,5 +218,14 @@ mod tests {
         )
         .unwrap_err();
         assert!(err.to_string().contains("plugin 0 has no type"), "{err}");
+    }
+
+    #[test]
+    fn to_value_round_trips_through_parse() {
+        let list = NetworkConfigList::parse(Path::new("a.conflist"), BRIDGE.as_bytes()).unwrap();
+        let bytes = serde_json::to_vec(&list.to_value()).unwrap();
+        let again = NetworkConfigList::parse(Path::new("a.conflist"), &bytes).unwrap();
+        assert_eq!(again, list);
+        assert_eq!(list.plugin_types(), vec!["bridge", "portmap"]);
     }
 }

@@ -270,6 +270,37 @@ pub fn build_layout(dir: &Path) -> io::Result<Layout> {
     })
 }
 
+/// Writes a one-off image into a fresh OCI layout at `dir`, tagged `name`: one gzip layer per
+/// uncompressed tar stream in `tars` (used for hand-crafted malicious and large layers).
+pub fn write_custom_layout(dir: &Path, name: &str, tars: &[Vec<u8>]) -> io::Result<Image> {
+    fs::create_dir_all(dir.join("blobs").join("sha256"))
+        .map_err(|e| with_context(e, format!("create layout dir {}", dir.display())))?;
+    let mut layers = Vec::new();
+    for tar in tars {
+        let blob = write_blob(dir, &gzip(tar)?)?;
+        layers.push(Layer {
+            blob,
+            diff_id: sha256_digest(tar),
+        });
+    }
+    let image = write_image(dir, "amd64", layers)?;
+    let top = json!({
+        "schemaVersion": 2,
+        "manifests": [{
+            "mediaType": media_type::OCI_MANIFEST,
+            "digest": image.manifest.digest,
+            "size": image.manifest.size,
+            "annotations": { REF_NAME_ANNOTATION: name },
+        }],
+    });
+    write_atomic(
+        &dir.join("oci-layout"),
+        br#"{"imageLayoutVersion":"1.0.0"}"#,
+    )?;
+    write_atomic(&dir.join("index.json"), &to_json(&top)?)?;
+    Ok(image)
+}
+
 /// `sha256:<hex>` of `bytes`.
 pub fn sha256_digest(bytes: &[u8]) -> String {
     format!("sha256:{:x}", Sha256::digest(bytes))

@@ -67,6 +67,15 @@ pub struct Registry {
 impl Registry {
     /// Starts a registry on a free loopback port and waits until `GET /v2/` answers.
     pub fn start() -> io::Result<Registry> {
+        Self::start_with(None)
+    }
+
+    /// Starts a registry that requires HTTP Basic auth (htpasswd, bcrypt via `htpasswd -B`).
+    pub fn start_with_auth(user: &str, password: &str) -> io::Result<Registry> {
+        Self::start_with(Some((user, password)))
+    }
+
+    fn start_with(auth: Option<(&str, &str)>) -> io::Result<Registry> {
         let parent = scratch_root()?;
         sweep_stale(&parent);
         let dir = tempfile::Builder::new()
@@ -76,7 +85,7 @@ impl Registry {
         let mut last_err = None;
         for _ in 0..BIND_ATTEMPTS {
             let addr = free_port()?;
-            match start_once(dir.path(), addr) {
+            match start_once(dir.path(), addr, auth) {
                 Ok(child) => {
                     return Ok(Registry {
                         addr,
@@ -157,11 +166,16 @@ enum StartError {
     Other(io::Error),
 }
 
-fn start_once(dir: &Path, addr: SocketAddr) -> Result<Child, StartError> {
+fn start_once(
+    dir: &Path,
+    addr: SocketAddr,
+    auth: Option<(&str, &str)>,
+) -> Result<Child, StartError> {
     let config = dir.join("config.yml");
     let storage = dir.join("storage");
     let log = dir.join("registry.log");
-    let yaml = format!(
+    let other = StartError::Other;
+    let mut yaml = format!(
         "version: 0.1\n\
          log:\n  level: warn\n  accesslog:\n    disabled: true\n\
          storage:\n  filesystem:\n    rootdirectory: {storage}\n  delete:\n    enabled: true\n  \
@@ -169,7 +183,25 @@ fn start_once(dir: &Path, addr: SocketAddr) -> Result<Child, StartError> {
          http:\n  addr: {addr}\n",
         storage = storage.display(),
     );
-    let other = StartError::Other;
+    if let Some((user, password)) = auth {
+        let htpasswd = dir.join("htpasswd");
+        let out = Command::new("htpasswd")
+            .args(["-Bbn", user, password])
+            .output()
+            .map_err(|e| other(with_context(e, "run htpasswd (apache2-utils)".into())))?;
+        if !out.status.success() {
+            return Err(other(io::Error::other(format!(
+                "htpasswd failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            ))));
+        }
+        fs::write(&htpasswd, &out.stdout)
+            .map_err(|e| other(with_context(e, format!("write {}", htpasswd.display()))))?;
+        yaml.push_str(&format!(
+            "auth:\n  htpasswd:\n    realm: crius-e2e\n    path: {}\n",
+            htpasswd.display()
+        ));
+    }
     fs::write(&config, yaml)
         .map_err(|e| other(with_context(e, format!("write {}", config.display()))))?;
     let stderr = fs::File::create(&log)
@@ -204,7 +236,8 @@ fn start_once(dir: &Path, addr: SocketAddr) -> Result<Child, StartError> {
             }
         }
         if let Ok(resp) = http_request(addr, "GET", "/v2/", &[], &[]) {
-            if resp.status == 200
+            // An htpasswd registry answers 401 (with the API header) until credentials are sent.
+            if (resp.status == 200 || resp.status == 401)
                 && resp.header("docker-distribution-api-version") == Some("registry/2.0")
             {
                 return Ok(child);
@@ -535,6 +568,29 @@ pub fn push_fixtures(registry: &Registry, layout: &Layout) -> io::Result<Vec<Pus
         }
     }
     Ok(pushed)
+}
+
+/// Pushes the OCI layout image `layout_ref` (`oci:DIR:NAME`) to `docker://ADDR/REPO:TAG` with
+/// skopeo, optionally with `user:password` credentials; returns the manifest digest.
+pub fn push_layout(layout_ref: &str, destination: &str, creds: Option<&str>) -> io::Result<String> {
+    let tmp = tempfile::tempdir()?;
+    let digest_file = tmp.path().join("digest");
+    let mut args: Vec<OsString> = vec![
+        "--insecure-policy".into(),
+        "copy".into(),
+        "--quiet".into(),
+        "--dest-tls-verify=false".into(),
+    ];
+    if let Some(creds) = creds {
+        args.push("--dest-creds".into());
+        args.push(creds.into());
+    }
+    args.push("--digestfile".into());
+    args.push(digest_file.clone().into());
+    args.push(layout_ref.into());
+    args.push(format!("docker://{destination}").into());
+    skopeo(&args)?;
+    Ok(fs::read_to_string(&digest_file)?.trim().to_owned())
 }
 
 /// The manifests listed by the pushed list `repository@digest`, read back from the registry.

@@ -83,6 +83,9 @@ pub struct ImageConfig {
     pub pinned_images: Vec<String>,
     /// Layers downloaded at once, across all pulls.
     pub max_concurrent_downloads: usize,
+    /// Docker-style credentials file (`{"auths": {"HOST": {"auth": "base64(user:pass)"}}}`),
+    /// used when a pull carries no credentials. Empty: none.
+    pub auth_file: PathBuf,
     /// Per-registry settings by host (`"docker.io"`, `"registry.k8s.io"`, `"127.0.0.1:5000"`).
     pub registries: BTreeMap<String, RegistryConfig>,
 }
@@ -179,6 +182,7 @@ impl Default for ImageConfig {
             default_registry: "docker.io".into(),
             pinned_images: Vec::new(),
             max_concurrent_downloads: 3,
+            auth_file: PathBuf::new(),
             registries: BTreeMap::new(),
         }
     }

@@ -97,6 +97,9 @@ impl Config {
                 ),
             );
         }
+        if !self.image.auth_file.as_os_str().is_empty() {
+            absolute("image.auth_file", &self.image.auth_file)?;
+        }
         for (host, registry) in &self.image.registries {
             let key = format!("image.registries.\"{host}\"");
             if !valid_host(host) {

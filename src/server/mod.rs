@@ -5,6 +5,7 @@
 //! file per RPC under `runtime/` and `image/`: they validate, call the domain layer and build the
 //! response. Must not contain domain logic, argv building or syscalls.
 
+pub mod image;
 pub mod instrument;
 pub mod runtime;
 pub mod status;
@@ -127,9 +128,12 @@ cri_service! {
 
 cri_service! {
     ImageService {}
-    list_images(ListImagesRequest) -> ListImagesResponse, "ListImages" => unimplemented;
-    image_status(ImageStatusRequest) -> ImageStatusResponse, "ImageStatus" => unimplemented;
-    pull_image(PullImageRequest) -> PullImageResponse, "PullImage" => unimplemented;
-    remove_image(RemoveImageRequest) -> RemoveImageResponse, "RemoveImage" => unimplemented;
-    image_fs_info(ImageFsInfoRequest) -> ImageFsInfoResponse, "ImageFsInfo" => unimplemented;
+    list_images(ListImagesRequest) -> ListImagesResponse, "ListImages" => image::list_images::list_images;
+    image_status(ImageStatusRequest) -> ImageStatusResponse, "ImageStatus"
+        => image::image_status::image_status;
+    pull_image(PullImageRequest) -> PullImageResponse, "PullImage" => image::pull_image::pull_image;
+    remove_image(RemoveImageRequest) -> RemoveImageResponse, "RemoveImage"
+        => image::remove_image::remove_image;
+    image_fs_info(ImageFsInfoRequest) -> ImageFsInfoResponse, "ImageFsInfo"
+        => image::image_fs_info::image_fs_info;
 }

@@ -142,6 +142,22 @@ pub struct LoadReport {
     pub removed_temp_files: usize,
 }
 
+impl LoadReport {
+    /// Logs what loading `kind` records found wrong.
+    pub fn log(&self, kind: &str) {
+        for problem in &self.corrupt {
+            tracing::error!(kind, error = %problem, "skipping unreadable state record");
+        }
+        if self.removed_temp_files > 0 {
+            tracing::info!(
+                kind,
+                files = self.removed_temp_files,
+                "removed temp files of interrupted writes"
+            );
+        }
+    }
+}
+
 fn valid_id(id: &str) -> bool {
     !id.is_empty()
         && id.len() <= 255

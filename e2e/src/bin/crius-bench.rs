@@ -3,7 +3,9 @@
 //!
 //! - start-to-socket-ready (spawn until the first `Version` answers), median of 10;
 //! - daemon RSS after start, after 10 000 and after 20 000 `Version` calls;
-//! - `Version` round-trip latency p50/p99 over the unix socket.
+//! - `Version` round-trip latency p50/p99 over the unix socket;
+//! - a cold pull of a generated ~100 MB, 5-layer gzip image from the loopback registry: MB/s and
+//!   peak RSS growth, against `skopeo copy` + `umoci raw unpack` of the same image.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // A bench binary: failing loudly is the point.
 
@@ -25,7 +27,11 @@ async fn connect(socket: &Path) -> Option<RuntimeServiceClient<Channel>> {
     let channel = Endpoint::from_static("http://[::]:50051")
         .connect_with_connector(tower::service_fn(move |_: Uri| {
             let socket = socket.clone();
-            async move { tokio::net::UnixStream::connect(socket).await.map(TokioIo::new) }
+            async move {
+                tokio::net::UnixStream::connect(socket)
+                    .await
+                    .map(TokioIo::new)
+            }
         }))
         .await
         .ok()?;
@@ -65,7 +71,10 @@ fn crius(dir: &Path) -> (Command, PathBuf) {
     )
     .unwrap();
     let mut cmd = Command::new(crius_bin());
-    cmd.arg("--config").arg(&config).arg("--config-dir").arg(dir.join("crius.d"));
+    cmd.arg("--config")
+        .arg(&config)
+        .arg("--config-dir")
+        .arg(dir.join("crius.d"));
     (cmd, socket)
 }
 
@@ -85,7 +94,10 @@ fn containerd(dir: &Path) -> (Command, PathBuf) {
     )
     .unwrap();
     let mut cmd = Command::new("containerd");
-    cmd.arg("--config").arg(&config).arg("--log-level").arg("warn");
+    cmd.arg("--config")
+        .arg(&config)
+        .arg("--log-level")
+        .arg("warn");
     (cmd, socket)
 }
 
@@ -100,12 +112,21 @@ async fn start(subject: &Subject) -> Option<Running> {
     let dir = tempfile::tempdir().unwrap();
     let (mut cmd, socket) = (subject.prepare)(dir.path());
     let t0 = Instant::now();
-    let mut child = cmd.stdout(Stdio::null()).stderr(Stdio::null()).spawn().ok()?;
+    let mut child = cmd
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .ok()?;
     let deadline = t0 + Duration::from_secs(20);
     loop {
         if let Some(mut c) = connect(&socket).await {
             if c.version(VersionRequest::default()).await.is_ok() {
-                return Some(Running { child, _dir: dir, started: t0.elapsed(), client: c });
+                return Some(Running {
+                    child,
+                    _dir: dir,
+                    started: t0.elapsed(),
+                    client: c,
+                });
             }
         }
         if Instant::now() > deadline || child.try_wait().ok().flatten().is_some() {
@@ -173,14 +194,152 @@ async fn bench(subject: &Subject) {
     let _ = r.child.wait();
 }
 
+/// Deterministic bytes: half incompressible noise, half text, like real layers.
+fn layer_bytes(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    let mut out = Vec::with_capacity(len);
+    while out.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        if (out.len() / 65536) % 2 == 0 {
+            out.extend_from_slice(&x.to_le_bytes());
+        } else {
+            out.extend_from_slice(format!("line {x:016x} of a text file\n").as_bytes());
+        }
+    }
+    out.truncate(len);
+    out
+}
+
+fn tar_of(name: &str, data: &[u8]) -> Vec<u8> {
+    let mut b = tar::Builder::new(Vec::new());
+    let mut h = tar::Header::new_gnu();
+    h.set_size(data.len() as u64);
+    h.set_mode(0o644);
+    h.set_mtime(0);
+    h.set_uid(0);
+    h.set_gid(0);
+    h.set_cksum();
+    b.append_data(&mut h, name, data).unwrap();
+    b.into_inner().unwrap()
+}
+
+fn run(cmd: &mut Command) -> Duration {
+    let t = Instant::now();
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{cmd:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    t.elapsed()
+}
+
+fn status_kib(pid: u32, key: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with(key))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+async fn bench_pull() {
+    use crius_e2e::registry::{push_layout, Registry};
+    let registry = Registry::start().unwrap();
+    let layout = tempfile::tempdir().unwrap();
+    let tars: Vec<Vec<u8>> = (0..5)
+        .map(|i| tar_of(&format!("layer{i}.bin"), &layer_bytes(20 << 20, i + 1)))
+        .collect();
+    let image = crius_e2e::fixtures::write_custom_layout(layout.path(), "big", &tars).unwrap();
+    let compressed: u64 = image.layers.iter().map(|l| l.blob.size).sum();
+    let reference = format!("{}/bench/big:latest", registry.addr());
+    push_layout(
+        &format!("oci:{}:big", layout.path().display()),
+        &reference,
+        None,
+    )
+    .unwrap();
+    drop(tars);
+    let mb = compressed as f64 / 1e6;
+
+    let mut daemon = crius_e2e::daemon::Daemon::start_with(crius_e2e::daemon::Options {
+        extra_config: format!(
+            "[image.registries.\"{}\"]\ninsecure = true\n[log]\nlevel = \"warn\"\n",
+            registry.addr()
+        ),
+    })
+    .await;
+    let pid = daemon.pid().unwrap();
+    let rss_before = status_kib(pid, "VmRSS:");
+    let mut images = daemon.image().await;
+    let t = Instant::now();
+    images
+        .pull_image(k8s_cri::v1::PullImageRequest {
+            image: Some(k8s_cri::v1::ImageSpec {
+                image: reference.clone(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let crius_time = t.elapsed();
+    let peak = status_kib(pid, "VmHWM:");
+    daemon.kill9();
+
+    let work = tempfile::tempdir().unwrap();
+    let oci = work.path().join("oci");
+    let copy = run(Command::new("skopeo")
+        .args([
+            "--insecure-policy",
+            "copy",
+            "--quiet",
+            "--src-tls-verify=false",
+        ])
+        .arg(format!("docker://{reference}"))
+        .arg(format!("oci:{}:big", oci.display())));
+    let unpack = run(Command::new("umoci")
+        .args(["raw", "unpack", "--image"])
+        .arg(format!("{}:big", oci.display()))
+        .arg(work.path().join("rootfs")));
+    let reference_time = copy + unpack;
+    println!(
+        "pull {mb:.0} MB (5 gzip layers, cold): crius {:>8} = {:>6.1} MB/s, RSS {} KiB → peak {} KiB (+{} KiB) \
+         | skopeo copy {} + umoci raw unpack {} = {:>8} = {:>6.1} MB/s",
+        ms(crius_time),
+        mb / crius_time.as_secs_f64(),
+        rss_before,
+        peak,
+        peak.saturating_sub(rss_before),
+        ms(copy),
+        ms(unpack),
+        ms(reference_time),
+        mb / reference_time.as_secs_f64(),
+    );
+}
+
 #[tokio::main(flavor = "current_thread")]
 async fn main() {
-    println!("crius-bench: {STARTS} starts, {CALLS} Version calls on one connection (binary {})", crius_bin().display());
+    println!(
+        "crius-bench: {STARTS} starts, {CALLS} Version calls on one connection (binary {})",
+        crius_bin().display()
+    );
     let subjects = [
-        Subject { name: "crius", prepare: crius },
-        Subject { name: "containerd", prepare: containerd },
+        Subject {
+            name: "crius",
+            prepare: crius,
+        },
+        Subject {
+            name: "containerd",
+            prepare: containerd,
+        },
     ];
     for s in &subjects {
         bench(s).await;
     }
+    bench_pull().await;
 }

@@ -1,0 +1,712 @@
+//! ImageService e2e against the loopback `docker-registry`: pulls (OCI, Docker v2s2, indexes,
+//! by tag and digest), unpacked trees under overlayfs, malicious layers, auth, mirrors,
+//! crash-safety, blob dedup across concurrent pulls, removal and garbage collection.
+
+#![allow(clippy::unwrap_used)] // Tests fail by panicking.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use crius_e2e::daemon::{metric_value, Daemon, Options};
+use crius_e2e::fixtures::{self, Node, LAYERED_ABSENT, LAYERED_PRESENT};
+use crius_e2e::registry::{self, push_layout, Registry};
+use k8s_cri::v1 as cri;
+
+fn insecure(addr: &str) -> String {
+    format!("[image.registries.\"{addr}\"]\ninsecure = true\n")
+}
+
+async fn daemon_for(extra: &str) -> Daemon {
+    let fx = registry::shared();
+    Daemon::start_with(Options {
+        extra_config: format!("{}{extra}", insecure(&fx.registry_addr())),
+    })
+    .await
+}
+
+fn spec(image: &str) -> Option<cri::ImageSpec> {
+    Some(cri::ImageSpec {
+        image: image.into(),
+        ..Default::default()
+    })
+}
+
+async fn pull(d: &Daemon, image: &str) -> Result<String, tonic::Status> {
+    pull_with(d, image, None).await
+}
+
+async fn pull_with(
+    d: &Daemon,
+    image: &str,
+    auth: Option<cri::AuthConfig>,
+) -> Result<String, tonic::Status> {
+    d.image()
+        .await
+        .pull_image(cri::PullImageRequest {
+            image: spec(image),
+            auth,
+            sandbox_config: None,
+        })
+        .await
+        .map(|r| r.into_inner().image_ref)
+}
+
+async fn status(d: &Daemon, image: &str, verbose: bool) -> cri::ImageStatusResponse {
+    d.image()
+        .await
+        .image_status(cri::ImageStatusRequest {
+            image: spec(image),
+            verbose,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+}
+
+async fn list(d: &Daemon) -> Vec<cri::Image> {
+    d.image()
+        .await
+        .list_images(cri::ListImagesRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .images
+}
+
+async fn remove(d: &Daemon, image: &str) {
+    d.image()
+        .await
+        .remove_image(cri::RemoveImageRequest { image: spec(image) })
+        .await
+        .unwrap();
+}
+
+async fn fs_usage(d: &Daemon) -> (u64, u64) {
+    let info = d
+        .image()
+        .await
+        .image_fs_info(cri::ImageFsInfoRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    let fs = &info.image_filesystems[0];
+    assert!(fs.timestamp > 0);
+    (fs.used_bytes.unwrap().value, fs.inodes_used.unwrap().value)
+}
+
+/// `name@digest` for a pushed reference `host/repo:tag`.
+fn digested(reference: &str, digest: &str) -> String {
+    let name = reference.rsplit_once(':').unwrap().0;
+    format!("{name}@{digest}")
+}
+
+fn layer_dirs(verbose: &cri::ImageStatusResponse) -> Vec<PathBuf> {
+    let info: serde_json::Value = serde_json::from_str(&verbose.info["info"]).unwrap();
+    info["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| PathBuf::from(l["dir"].as_str().unwrap()))
+        .collect()
+}
+
+#[tokio::test]
+async fn pulls_oci_docker_and_multiarch_images_by_tag_and_by_digest() {
+    let fx = registry::shared();
+    let layout = fx.layout();
+    let d = daemon_for("").await;
+    let busybox_id = layout.busybox.image_id().to_string();
+    let cases = [
+        (
+            fx.busybox_ref(),
+            busybox_id.clone(),
+            fx.find("busybox", "latest").unwrap().digest.clone(),
+        ),
+        (
+            fx.busybox_v2s2_ref(),
+            busybox_id.clone(),
+            fx.find("busybox", "v2s2").unwrap().digest.clone(),
+        ),
+        (
+            fx.layered_ref(),
+            layout.layered.image_id().to_string(),
+            fx.find("layered", "latest").unwrap().digest.clone(),
+        ),
+        (
+            fx.multiarch_ref(),
+            busybox_id.clone(),
+            layout.multiarch.index.digest.clone(),
+        ),
+        (
+            fx.multiarch_v2s2_ref(),
+            busybox_id.clone(),
+            fx.find("multiarch", "v2s2").unwrap().digest.clone(),
+        ),
+    ];
+    for (reference, id, repo_digest) in &cases {
+        assert_eq!(&pull(&d, reference).await.unwrap(), id, "pull {reference}");
+        let by_digest = digested(reference, repo_digest);
+        assert_eq!(&pull(&d, &by_digest).await.unwrap(), id, "pull {by_digest}");
+        let st = status(&d, reference, false).await;
+        let image = st
+            .image
+            .unwrap_or_else(|| panic!("no status for {reference}"));
+        assert_eq!(&image.id, id);
+        assert!(image.repo_tags.contains(reference), "{:?}", image.repo_tags);
+        assert!(
+            image.repo_digests.contains(&by_digest),
+            "{:?} lacks {by_digest}",
+            image.repo_digests
+        );
+        assert!(image.size > 0);
+        assert_eq!(status(&d, &by_digest, false).await.image.unwrap().id, *id);
+    }
+    let images = list(&d).await;
+    assert_eq!(images.len(), 2, "busybox (5 names) and layered: {images:?}");
+    let busybox = images.iter().find(|i| i.id == busybox_id).unwrap();
+    assert_eq!(busybox.repo_tags.len(), 4, "{:?}", busybox.repo_tags);
+    assert!(busybox.uid.is_none() && busybox.username.is_empty());
+
+    // Lookups by id and id prefix; unknown images are an empty status, not an error.
+    assert_eq!(
+        status(&d, &busybox_id, false).await.image.unwrap().id,
+        busybox_id
+    );
+    assert_eq!(
+        status(&d, &busybox_id[7..19], false)
+            .await
+            .image
+            .unwrap()
+            .id,
+        busybox_id
+    );
+    assert!(status(
+        &d,
+        &format!("{}/crius-test/nope:latest", fx.registry_addr()),
+        false
+    )
+    .await
+    .image
+    .is_none());
+
+    // ListImages honours its filter.
+    let filtered = d
+        .image()
+        .await
+        .list_images(cri::ListImagesRequest {
+            filter: Some(cri::ImageFilter {
+                image: spec(&fx.layered_ref()),
+            }),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .images;
+    assert_eq!(filtered.len(), 1);
+    assert_eq!(filtered[0].id, layout.layered.image_id());
+
+    // Verbose status names the layers, chain ids and the config.
+    let v = status(&d, &fx.layered_ref(), true).await;
+    let info: serde_json::Value = serde_json::from_str(&v.info["info"]).unwrap();
+    assert_eq!(info["layers"].as_array().unwrap().len(), 4);
+    assert_eq!(
+        info["config"]["rootfs"]["diff_ids"][0],
+        layout.layered.layers[0].diff_id
+    );
+}
+
+#[tokio::test]
+async fn errors_name_what_was_wrong() {
+    let fx = registry::shared();
+    let d = daemon_for("").await;
+    let err = pull(&d, "UPPER/Case:bad tag").await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");
+    let missing = format!("{}/crius-test/busybox:no-such-tag", fx.registry_addr());
+    let err = pull(&d, &missing).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::NotFound, "{err:?}");
+    assert!(err.message().contains("no-such-tag"), "{}", err.message());
+    let err = pull(&d, "127.0.0.1:1/x/y:latest").await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Unavailable, "{err:?}");
+    assert!(err.message().contains("127.0.0.1:1"), "{}", err.message());
+    let (code, body) = d.http_get("/metrics");
+    assert_eq!(code, 200);
+    assert_eq!(
+        metric_value(&body, "crius_image_pulls_total{result=\"NotFound\"}"),
+        Some(1.0),
+        "{body}"
+    );
+}
+
+/// Mounts `lowers` (top first) read-only with overlayfs in a private mount namespace and
+/// returns every path with its type and, for regular files, its sha256.
+fn overlay_tree(lowers: &[PathBuf]) -> BTreeMap<String, String> {
+    let mnt = tempfile::tempdir().unwrap();
+    let lowerdir = lowers
+        .iter()
+        .map(|p| p.display().to_string())
+        .collect::<Vec<_>>()
+        .join(":");
+    let script = format!(
+        "set -e; mount -t overlay overlay -o ro,lowerdir={lowerdir} {m}; cd {m}; \
+         find . -mindepth 1 -printf '%y %p %l\\n'; echo ===; find . -type f -exec sha256sum {{}} +",
+        m = mnt.path().display()
+    );
+    let out = std::process::Command::new("unshare")
+        .args(["--mount", "--propagation", "private", "sh", "-c", &script])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    let (types, sums) = text.split_once("===\n").unwrap();
+    let mut tree = BTreeMap::new();
+    for line in types.lines() {
+        let mut parts = line.splitn(3, ' ');
+        let (kind, path, link) = (
+            parts.next().unwrap(),
+            parts.next().unwrap(),
+            parts.next().unwrap_or(""),
+        );
+        let path = path.trim_start_matches('.').to_string();
+        let value = if kind == "l" {
+            format!("l {link}")
+        } else {
+            kind.to_string()
+        };
+        tree.insert(path, value);
+    }
+    for line in sums.lines() {
+        let (sum, path) = line.split_once("  ").unwrap();
+        tree.insert(path.trim_start_matches('.').to_string(), format!("f {sum}"));
+    }
+    tree
+}
+
+fn sha256_hex(data: &[u8]) -> String {
+    fixtures::sha256_digest(data)
+        .trim_start_matches("sha256:")
+        .to_string()
+}
+
+#[tokio::test]
+async fn layered_image_under_overlayfs_shows_exactly_the_expected_tree() {
+    let fx = registry::shared();
+    let d = daemon_for("").await;
+    for reference in [fx.layered_ref(), fx.layered_v2s2_ref()] {
+        pull(&d, &reference).await.unwrap();
+        let mut lowers = layer_dirs(&status(&d, &reference, true).await);
+        lowers.reverse(); // overlayfs wants the top layer first
+        let tree = overlay_tree(&lowers);
+        for (path, node) in LAYERED_PRESENT {
+            let got = tree.get(*path).unwrap_or_else(|| panic!("{path} missing"));
+            match node {
+                Node::Dir => assert_eq!(got, "d", "{path}"),
+                Node::File(content) => assert_eq!(
+                    got,
+                    &format!("f {}", sha256_hex(content.as_bytes())),
+                    "{path}"
+                ),
+                Node::Executable => assert!(got.starts_with("f "), "{path}: {got}"),
+                Node::Symlink(target) => assert_eq!(got, &format!("l {target}"), "{path}"),
+            }
+        }
+        for path in LAYERED_ABSENT {
+            assert!(!tree.contains_key(*path), "{path} must not exist");
+        }
+        assert!(
+            !tree.keys().any(|p| p.contains(".wh.")),
+            "a whiteout leaked into the tree"
+        );
+    }
+}
+
+// ---- hand-crafted layers ----
+
+/// One raw tar header + data, bypassing the tar crate's path checks.
+fn raw_entry(out: &mut Vec<u8>, name: &str, kind: tar::EntryType, link: &str, data: &[u8]) {
+    let mut h = tar::Header::new_old();
+    h.as_old_mut().name[..name.len()].copy_from_slice(name.as_bytes());
+    h.as_old_mut().linkname[..link.len()].copy_from_slice(link.as_bytes());
+    h.set_entry_type(kind);
+    h.set_size(data.len() as u64);
+    h.set_mode(if kind == tar::EntryType::Directory {
+        0o755
+    } else {
+        0o644
+    });
+    h.set_uid(0);
+    h.set_gid(0);
+    h.set_mtime(0);
+    h.set_cksum();
+    out.extend_from_slice(h.as_bytes());
+    out.extend_from_slice(data);
+    out.resize(out.len().div_ceil(512) * 512, 0);
+}
+
+fn finish_tar(mut out: Vec<u8>) -> Vec<u8> {
+    out.extend_from_slice(&[0u8; 1024]);
+    out
+}
+
+fn push_custom(
+    name: &str,
+    tars: &[Vec<u8>],
+    registry_addr: &str,
+    creds: Option<&str>,
+) -> (String, fixtures::Image) {
+    let dir = tempfile::tempdir().unwrap();
+    let image = fixtures::write_custom_layout(dir.path(), name, tars).unwrap();
+    let reference = format!("{registry_addr}/crius-test/{name}:latest");
+    push_layout(
+        &format!("oci:{}:{name}", dir.path().display()),
+        &reference,
+        creds,
+    )
+    .unwrap();
+    (reference, image)
+}
+
+fn tree_files(root: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for e in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            let p = e.path();
+            if p.symlink_metadata().map(|m| m.is_dir()).unwrap_or(false) {
+                stack.push(p.clone());
+            }
+            out.push(p);
+        }
+    }
+    out
+}
+
+#[tokio::test]
+async fn malicious_layers_fail_the_pull_and_write_nothing_outside_the_store() {
+    let fx = registry::shared();
+    let d = daemon_for("").await;
+    let outside = tempfile::tempdir().unwrap();
+    let out = outside.path().display().to_string();
+    let depth = "../".repeat(16);
+    let victim = outside.path().join("victim");
+    std::fs::write(&victim, "original").unwrap();
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        ("dotdot", {
+            let mut t = Vec::new();
+            raw_entry(
+                &mut t,
+                &format!("{depth}{}/dotdot", out.trim_start_matches('/')),
+                tar::EntryType::Regular,
+                "",
+                b"x",
+            );
+            finish_tar(t)
+        }),
+        ("absolute", {
+            let mut t = Vec::new();
+            raw_entry(
+                &mut t,
+                &format!("{out}/absolute"),
+                tar::EntryType::Regular,
+                "",
+                b"x",
+            );
+            finish_tar(t)
+        }),
+        ("symlink-escape", {
+            let mut t = Vec::new();
+            raw_entry(&mut t, "evil", tar::EntryType::Symlink, &out, b"");
+            raw_entry(&mut t, "evil/pwned", tar::EntryType::Regular, "", b"x");
+            finish_tar(t)
+        }),
+        ("symlink-overwrite", {
+            let mut t = Vec::new();
+            raw_entry(&mut t, "dir", tar::EntryType::Symlink, &out, b"");
+            raw_entry(&mut t, "dir/victim", tar::EntryType::Regular, "", b"pwned");
+            finish_tar(t)
+        }),
+        ("hardlink-outside", {
+            let mut t = Vec::new();
+            let target = format!(
+                "{depth}{}",
+                victim.display().to_string().trim_start_matches('/')
+            );
+            raw_entry(&mut t, "link", tar::EntryType::Link, &target, b"");
+            finish_tar(t)
+        }),
+    ];
+    let store = d.paths.root.join("images");
+    for (name, tar) in cases {
+        let (reference, _) =
+            push_custom(&format!("evil-{name}"), &[tar], &fx.registry_addr(), None);
+        let err = pull(&d, &reference).await.expect_err(name);
+        assert!(
+            matches!(
+                err.code(),
+                tonic::Code::InvalidArgument | tonic::Code::FailedPrecondition
+            ),
+            "{name}: {err:?}"
+        );
+        assert!(
+            status(&d, &reference, false).await.image.is_none(),
+            "{name} was stored"
+        );
+        let names: Vec<_> = std::fs::read_dir(outside.path())
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name())
+            .collect();
+        assert_eq!(
+            names,
+            vec![std::ffi::OsString::from("victim")],
+            "{name} wrote outside"
+        );
+        assert_eq!(
+            std::fs::read_to_string(&victim).unwrap(),
+            "original",
+            "{name}"
+        );
+        use std::os::unix::fs::MetadataExt;
+        assert_eq!(
+            std::fs::metadata(&victim).unwrap().nlink(),
+            1,
+            "{name} hard-linked the victim"
+        );
+        let leftovers = tree_files(&store.join("tmp"));
+        assert!(leftovers.is_empty(), "{name} left {leftovers:?}");
+    }
+    assert!(list(&d).await.is_empty());
+}
+
+#[tokio::test]
+async fn a_registry_with_htpasswd_auth_needs_the_request_credentials() {
+    let fx = registry::shared();
+    let reg = Registry::start_with_auth("crius", "s3cret").unwrap();
+    let layout_ref = fx.layout().oci_reference(fixtures::BUSYBOX);
+    let reference = format!("{}/private/busybox:latest", reg.addr());
+    push_layout(&layout_ref, &reference, Some("crius:s3cret")).unwrap();
+    let d = Daemon::start_with(Options {
+        extra_config: insecure(&reg.addr()),
+    })
+    .await;
+
+    let err = pull(&d, &reference).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Unauthenticated, "{err:?}");
+    let wrong = cri::AuthConfig {
+        username: "crius".into(),
+        password: "nope".into(),
+        ..Default::default()
+    };
+    let err = pull_with(&d, &reference, Some(wrong)).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Unauthenticated, "{err:?}");
+    let right = cri::AuthConfig {
+        username: "crius".into(),
+        password: "s3cret".into(),
+        ..Default::default()
+    };
+    let id = pull_with(&d, &reference, Some(right)).await.unwrap();
+    assert_eq!(id, fx.layout().busybox.image_id());
+    // The base64 `auth` form works too.
+    remove(&d, &reference).await;
+    let auth = cri::AuthConfig {
+        auth: "Y3JpdXM6czNjcmV0".into(),
+        ..Default::default()
+    }; // crius:s3cret
+    assert_eq!(pull_with(&d, &reference, Some(auth)).await.unwrap(), id);
+}
+
+#[tokio::test]
+async fn mirrors_with_a_path_prefix_serve_other_hosts_and_dead_mirrors_are_unavailable() {
+    let fx = registry::shared();
+    let addr = fx.registry_addr();
+    let extra = format!(
+        "[image.registries.\"registry.example\"]\nmirrors = [\"127.0.0.1:1/dead\", \"{addr}/crius-test\"]\ninsecure = true\n\
+         [image.registries.\"only-dead.example\"]\nmirrors = [\"127.0.0.1:1/dead\"]\nmirror_only = true\ninsecure = true\n"
+    );
+    let d = daemon_for(&extra).await;
+    let id = pull(&d, "registry.example/busybox:latest").await.unwrap();
+    assert_eq!(id, fx.layout().busybox.image_id());
+    let image = status(&d, "registry.example/busybox", false)
+        .await
+        .image
+        .unwrap();
+    assert_eq!(
+        image.repo_tags,
+        vec!["registry.example/busybox:latest".to_string()]
+    );
+
+    let err = pull(&d, "only-dead.example/busybox:latest")
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Unavailable, "{err:?}");
+    assert!(err.message().contains("127.0.0.1:1"), "{}", err.message());
+}
+
+/// Deterministic incompressible bytes.
+fn noise(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+fn file_layer(name: &str, data: &[u8]) -> Vec<u8> {
+    let mut b = tar::Builder::new(Vec::new());
+    let mut h = tar::Header::new_gnu();
+    h.set_size(data.len() as u64);
+    h.set_mode(0o644);
+    h.set_mtime(0);
+    h.set_uid(0);
+    h.set_gid(0);
+    h.set_cksum();
+    b.append_data(&mut h, name, data).unwrap();
+    b.into_inner().unwrap()
+}
+
+#[tokio::test]
+async fn kill_9_during_a_pull_leaves_no_partial_image_and_a_repull_reuses_finished_layers() {
+    let fx = registry::shared();
+    let (reference, image) = push_custom(
+        "large",
+        &[
+            file_layer("small", b"small layer\n"),
+            file_layer("big", &noise(96 << 20, 7)),
+        ],
+        &fx.registry_addr(),
+        None,
+    );
+    let mut d = daemon_for("").await;
+    let images_dir = d.paths.root.join("images");
+    let client = d.image().await;
+    let pulling = tokio::spawn(async move {
+        let mut c = client;
+        c.pull_image(cri::PullImageRequest {
+            image: spec(&reference),
+            ..Default::default()
+        })
+        .await
+    });
+    // Wait until the small layer is complete and the big one is streaming, then kill -9.
+    let small = images_dir
+        .join("layers")
+        .join(image.layers[0].diff_id.trim_start_matches("sha256:"));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let streaming = std::fs::read_dir(images_dir.join("tmp"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .any(|e| {
+                e.file_name().to_string_lossy().starts_with("blob")
+                    && e.metadata().map(|m| m.len() > (4 << 20)).unwrap_or(false)
+            });
+        if streaming && small.exists() {
+            break;
+        }
+        assert!(
+            !pulling.is_finished(),
+            "pull finished before it could be interrupted"
+        );
+        assert!(Instant::now() < deadline, "pull never got going");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    d.kill9();
+    let _ = pulling.await;
+    d.restart().await;
+    let reference = format!("{}/crius-test/large:latest", fx.registry_addr());
+    assert!(list(&d).await.is_empty(), "a partial image is listed");
+    assert!(
+        tree_files(&images_dir.join("tmp")).is_empty(),
+        "partial files survived the restart"
+    );
+
+    assert_eq!(pull(&d, &reference).await.unwrap(), image.image_id());
+    let (_, body) = d.http_get("/metrics");
+    assert_eq!(
+        metric_value(&body, "crius_image_layers_reused_total"),
+        Some(1.0),
+        "{body}"
+    );
+}
+
+#[tokio::test]
+async fn concurrent_pulls_of_one_image_download_each_blob_once() {
+    let fx = registry::shared();
+    let d = daemon_for("").await;
+    let reference = fx.layered_ref();
+    let (a, b) = tokio::join!(pull(&d, &reference), pull(&d, &reference));
+    assert_eq!(a.unwrap(), b.unwrap());
+    let layered = &fx.layout().layered;
+    let expected: u64 =
+        layered.config.size + layered.layers.iter().map(|l| l.blob.size).sum::<u64>();
+    let (_, body) = d.http_get("/metrics");
+    assert_eq!(
+        metric_value(&body, "crius_image_pull_bytes_total"),
+        Some(expected as f64),
+        "{body}"
+    );
+    assert_eq!(
+        metric_value(&body, "crius_image_layers_reused_total"),
+        Some(4.0),
+        "{body}"
+    );
+    assert_eq!(
+        metric_value(&body, "crius_image_pulls_total{result=\"success\"}"),
+        Some(2.0)
+    );
+}
+
+#[tokio::test]
+async fn remove_image_frees_unshared_layers_keeps_shared_ones_and_survives_restart() {
+    let fx = registry::shared();
+    let layout = fx.layout();
+    let pinned = format!("[image]\npinned_images = [\"{}\"]\n", fx.busybox_ref());
+    let mut d = daemon_for(&pinned).await;
+    pull(&d, &fx.busybox_ref()).await.unwrap();
+    let (bytes_one, inodes_one) = fs_usage(&d).await;
+    pull(&d, &fx.layered_ref()).await.unwrap();
+    let (bytes_two, inodes_two) = fs_usage(&d).await;
+    assert!(bytes_two > bytes_one && inodes_two > inodes_one);
+    let busybox = status(&d, &fx.busybox_ref(), false).await.image.unwrap();
+    assert!(busybox.pinned);
+    assert!(
+        !status(&d, &fx.layered_ref(), false)
+            .await
+            .image
+            .unwrap()
+            .pinned
+    );
+
+    let layered_dirs = layer_dirs(&status(&d, &fx.layered_ref(), true).await);
+    assert_eq!(layered_dirs.len(), 4);
+    remove(&d, layout.layered.image_id()).await;
+    assert!(layered_dirs[0].exists(), "the shared base layer was freed");
+    for dir in &layered_dirs[1..] {
+        assert!(!dir.exists(), "{} was kept", dir.display());
+    }
+    let (bytes_after, _) = fs_usage(&d).await;
+    assert!(bytes_after < bytes_two);
+    remove(&d, layout.layered.image_id()).await; // idempotent
+
+    d.kill9();
+    d.restart().await;
+    let images = list(&d).await;
+    assert_eq!(images.len(), 1);
+    assert_eq!(images[0].id, layout.busybox.image_id());
+    remove(&d, &fx.busybox_ref()).await;
+    assert!(list(&d).await.is_empty());
+    assert!(!layered_dirs[0].exists());
+    let left = std::fs::read_dir(d.paths.root.join("images/layers"))
+        .unwrap()
+        .count();
+    assert_eq!(left, 0);
+}

@@ -1,0 +1,318 @@
+//! One pull: resolve → config → layers (download ⇢ verify ⇢ decompress ⇢ untar, streamed) →
+//! records.
+//!
+//! Each layer is processed once per chain ID across all concurrent pulls (per-key lock, then a
+//! re-check), with at most `max_concurrent_downloads` layers in flight. Layer content lands in
+//! `tmp/` and is renamed into place only when complete and verified; the image record is written
+//! last, so a pull killed at any moment never shows up as an image.
+
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use tokio_util::io::SyncIoBridge;
+
+use super::registry::{Credentials, Descriptor, Platform, Resolved};
+use super::store::{chain_id, hex_of, remove_path, ImageLayer, ImageRecord, LayerRecord};
+use super::unpack::{unpack_layer, Compression, Unpacked};
+use super::{ImageError, Images};
+use crate::image::reference::Reference;
+
+/// Largest image config accepted.
+const MAX_CONFIG_BYTES: u64 = 8 << 20;
+
+/// Copies every byte read into `sink`: the verified blob lands on disk as it streams.
+struct Tee<R, W> {
+    inner: R,
+    sink: W,
+}
+
+impl<R: Read, W: Write> Read for Tee<R, W> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.sink.write_all(&buf[..n])?;
+        Ok(n)
+    }
+}
+
+/// Removes its paths when dropped unless disarmed: partial files never outlive a failed step.
+struct Cleanup(Vec<PathBuf>);
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        for p in &self.0 {
+            let _ = remove_path(p);
+        }
+    }
+}
+
+fn now_ns() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as i64)
+        .unwrap_or(0)
+}
+
+fn blocking_err(e: tokio::task::JoinError) -> ImageError {
+    ImageError::Internal(format!("blocking task failed: {e}"))
+}
+
+impl Images {
+    /// Pulls `reference` and returns the image record.
+    pub async fn pull(
+        &self,
+        reference: &Reference,
+        credentials: Option<&Credentials>,
+    ) -> Result<Arc<ImageRecord>, ImageError> {
+        let _gc = self.store.gc.read().await;
+        let resolved = self
+            .client
+            .resolve(reference, credentials, &Platform::host())
+            .await?;
+        tracing::debug!(endpoint = %resolved.endpoint, manifest = %resolved.manifest_digest, "resolved");
+
+        let config_bytes = self.config_blob(&resolved).await?;
+        let config: serde_json::Value = serde_json::from_slice(&config_bytes)
+            .map_err(|e| ImageError::BadImage(format!("config {}: {e}", resolved.config.digest)))?;
+        let diff_ids: Vec<String> = config["rootfs"]["diff_ids"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|v| v.as_str().map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default();
+        if diff_ids.len() != resolved.layers.len() {
+            return Err(ImageError::BadImage(format!(
+                "{reference}: manifest has {} layers but config lists {} diff_ids",
+                resolved.layers.len(),
+                diff_ids.len()
+            )));
+        }
+
+        let mut layers = Vec::with_capacity(diff_ids.len());
+        let mut parent: Option<String> = None;
+        for (desc, diff_id) in resolved.layers.iter().zip(&diff_ids) {
+            let chain = chain_id(parent.as_deref(), diff_id);
+            layers.push((desc.clone(), diff_id.clone(), chain.clone(), parent.clone()));
+            parent = Some(chain);
+        }
+        let resolved = Arc::new(resolved);
+        let tasks: Vec<_> = layers
+            .iter()
+            .cloned()
+            .map(|(desc, diff_id, chain, parent)| {
+                let images = self.clone();
+                let resolved = resolved.clone();
+                tokio::spawn(async move {
+                    images
+                        .ensure_layer(&resolved, &desc, &diff_id, &chain, parent)
+                        .await
+                })
+            })
+            .collect();
+        // Wait for every layer (no task is left writing behind a failed pull), then report.
+        let mut first_err = None;
+        for t in tasks {
+            let r = t.await.map_err(blocking_err).and_then(|r| r);
+            if let (Err(e), None) = (r, &first_err) {
+                first_err = Some(e);
+            }
+        }
+        if let Some(e) = first_err {
+            return Err(e);
+        }
+
+        let size = layers
+            .iter()
+            .filter_map(|(_, _, chain, _)| self.store.layers.get(hex_of(chain)).map(|l| l.size))
+            .sum();
+        let record = ImageRecord {
+            id: resolved.config.digest.clone(),
+            repo_tags: reference.tagged().into_iter().collect(),
+            repo_digests: vec![reference.digested(&resolved.repo_digest)],
+            manifest_digest: resolved.manifest_digest.clone(),
+            manifest_media_type: resolved.manifest_media_type.clone(),
+            config,
+            layers: layers
+                .into_iter()
+                .map(|(desc, diff_id, chain_id, _)| ImageLayer {
+                    chain_id,
+                    diff_id,
+                    digest: desc.digest,
+                    media_type: desc.media_type,
+                    size: desc.size,
+                })
+                .collect(),
+            size,
+            pulled_at_ns: now_ns(),
+        };
+        let _records = self.store.records.lock().await;
+        let store = self.store.clone();
+        let dir = store.dir().to_path_buf();
+        tokio::task::spawn_blocking(move || {
+            // Layer files reach the disk before the record that promises them.
+            sync_fs(&dir)?;
+            store.commit_image(record)
+        })
+        .await
+        .map_err(blocking_err)?
+    }
+
+    /// The config blob: from the local store when present, else fetched, verified and saved.
+    async fn config_blob(&self, resolved: &Resolved) -> Result<Vec<u8>, ImageError> {
+        let desc = &resolved.config;
+        let lock = self.store.key_lock(&desc.digest);
+        let _held = lock.lock().await;
+        let path = self.store.blob_path(&desc.digest);
+        if let Ok(bytes) = tokio::fs::read(&path).await {
+            return Ok(bytes);
+        }
+        let bytes = self
+            .client
+            .fetch_blob_bytes(resolved, desc, MAX_CONFIG_BYTES)
+            .await?;
+        self.metrics
+            .image_pull_bytes_total
+            .inc_by(bytes.len() as u64);
+        let data = bytes.clone();
+        tokio::task::spawn_blocking(move || crate::store::write_atomic(&path, &data))
+            .await
+            .map_err(blocking_err)??;
+        Ok(bytes)
+    }
+
+    /// Makes sure the layer `chain` is unpacked: reused, unpacked from a local verified blob,
+    /// or downloaded. Once per chain ID at a time across all pulls.
+    async fn ensure_layer(
+        &self,
+        resolved: &Resolved,
+        desc: &Descriptor,
+        diff_id: &str,
+        chain: &str,
+        parent: Option<String>,
+    ) -> Result<(), ImageError> {
+        let lock = self.store.key_lock(chain);
+        let _held = lock.lock().await;
+        if self.store.has_layer(chain) {
+            self.metrics.image_layers_reused_total.inc();
+            return Ok(());
+        }
+        let compression = Compression::from_media_type(&desc.media_type).ok_or_else(|| {
+            ImageError::BadImage(format!(
+                "layer {}: unsupported media type {:?}",
+                desc.digest, desc.media_type
+            ))
+        })?;
+        let _permit = self
+            .downloads
+            .acquire()
+            .await
+            .map_err(|_| ImageError::Internal("download limiter closed".into()))?;
+
+        let tmp_layer = self.store.temp_path("layer");
+        let tmp_blob = self.store.temp_path("blob");
+        let cleanup = Cleanup(vec![tmp_layer.clone(), tmp_blob.clone()]);
+        tokio::fs::create_dir_all(&tmp_layer)
+            .await
+            .map_err(|source| ImageError::Io {
+                path: tmp_layer.clone(),
+                source,
+            })?;
+
+        let blob_path = self.store.blob_path(&desc.digest);
+        let local = tokio::fs::metadata(&blob_path).await.is_ok();
+        let unpacked: Unpacked = if local {
+            let (path, dest) = (blob_path.clone(), tmp_layer.clone());
+            tokio::task::spawn_blocking(move || {
+                let file = std::fs::File::open(&path).map_err(|source| ImageError::Io {
+                    path: path.clone(),
+                    source,
+                })?;
+                Ok::<_, ImageError>(unpack_layer(
+                    std::io::BufReader::new(file),
+                    compression,
+                    &dest,
+                )?)
+            })
+            .await
+            .map_err(blocking_err)??
+        } else {
+            let reader = self.client.fetch_blob(resolved, desc).await?;
+            let counter = reader.counter();
+            let (dest, blob) = (tmp_layer.clone(), tmp_blob.clone());
+            let result = tokio::task::spawn_blocking(move || {
+                let file = std::fs::File::create(&blob).map_err(|source| ImageError::Io {
+                    path: blob.clone(),
+                    source,
+                })?;
+                let mut sink = std::io::BufWriter::new(file);
+                let tee = Tee {
+                    inner: SyncIoBridge::new(reader),
+                    sink: &mut sink,
+                };
+                let unpacked = unpack_layer(tee, compression, &dest)?;
+                let file = sink.into_inner().map_err(|e| ImageError::Io {
+                    path: blob.clone(),
+                    source: e.into_error(),
+                })?;
+                file.sync_all().map_err(|source| ImageError::Io {
+                    path: blob.clone(),
+                    source,
+                })?;
+                Ok::<_, ImageError>(unpacked)
+            })
+            .await
+            .map_err(blocking_err)?;
+            self.metrics.image_pull_bytes_total.inc_by(counter.get());
+            let unpacked = result?;
+            tokio::fs::rename(&tmp_blob, &blob_path)
+                .await
+                .map_err(|source| ImageError::Io {
+                    path: blob_path.clone(),
+                    source,
+                })?;
+            unpacked
+        };
+        if unpacked.diff_id != diff_id {
+            return Err(ImageError::BadImage(format!(
+                "layer {}: uncompressed digest {} does not match the config's diff_id {diff_id}",
+                desc.digest, unpacked.diff_id
+            )));
+        }
+        let layer_dir = self.store.layer_dir(chain);
+        tokio::fs::rename(&tmp_layer, &layer_dir)
+            .await
+            .map_err(|source| ImageError::Io {
+                path: layer_dir.clone(),
+                source,
+            })?;
+        std::mem::forget(cleanup);
+        let record = LayerRecord {
+            chain_id: chain.to_string(),
+            diff_id: diff_id.to_string(),
+            parent,
+            digest: desc.digest.clone(),
+            size: unpacked.size,
+        };
+        let put = self.store.layers.put_async(hex_of(chain), record).await;
+        if let Err(e) = put {
+            let _ = remove_path(&layer_dir);
+            return Err(e.into());
+        }
+        tracing::debug!(layer = %desc.digest, chain_id = chain, entries = unpacked.entries, from_local_blob = local, "layer unpacked");
+        Ok(())
+    }
+}
+
+/// Flushes the filesystem holding `dir` (layer files are written without per-file fsync).
+fn sync_fs(dir: &Path) -> Result<(), ImageError> {
+    let f = std::fs::File::open(dir).map_err(|source| ImageError::Io {
+        path: dir.to_path_buf(),
+        source,
+    })?;
+    rustix::fs::syncfs(&f).map_err(|e| ImageError::Io {
+        path: dir.to_path_buf(),
+        source: e.into(),
+    })
+}

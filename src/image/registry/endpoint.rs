@@ -1,0 +1,227 @@
+//! Where to fetch a repository from: the host's mirrors in order, then the host itself.
+//!
+//! Owns turning `[image.registries."HOST"]` settings into an ordered list of endpoints (API host,
+//! path prefix, plain HTTP or TLS) and the URLs of the distribution API on them. Pure: no I/O.
+//! Must not decide what to do with an endpoint's answer (that is the client's job).
+
+use std::collections::BTreeMap;
+
+use crate::config::RegistryConfig;
+
+/// The registry name Docker Hub references carry, and its real API host.
+const DOCKER_HUB: &str = "docker.io";
+const DOCKER_HUB_API: &str = "registry-1.docker.io";
+
+/// One place a repository can be fetched from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Endpoint {
+    /// `host[:port]` the HTTP requests go to.
+    pub host: String,
+    /// Path prefix on a mirror (`k8s` for `127.0.0.1:5000/k8s`); empty for the host itself.
+    pub prefix: String,
+    /// Plain HTTP allowed and TLS certificates not verified.
+    pub insecure: bool,
+    /// For a mirror: the registry it mirrors.
+    pub mirror_of: Option<String>,
+}
+
+impl Endpoint {
+    /// The repository path on this endpoint: `k8s/pause` for `pause` on mirror `host/k8s`.
+    pub fn repository(&self, repository: &str) -> String {
+        if self.prefix.is_empty() {
+            repository.to_string()
+        } else {
+            format!("{}/{repository}", self.prefix)
+        }
+    }
+
+    /// URL schemes to try in order: TLS, and for insecure endpoints plain HTTP after it.
+    pub fn schemes(&self) -> &'static [&'static str] {
+        if self.insecure {
+            &["https", "http"]
+        } else {
+            &["https"]
+        }
+    }
+
+    /// `scheme://host/v2/<repo>/manifests/<reference>`.
+    pub fn manifest_url(&self, scheme: &str, repository: &str, reference: &str) -> String {
+        format!(
+            "{scheme}://{}/v2/{}/manifests/{reference}",
+            self.host,
+            self.repository(repository)
+        )
+    }
+
+    /// `scheme://host/v2/<repo>/blobs/<digest>`.
+    pub fn blob_url(&self, scheme: &str, repository: &str, digest: &str) -> String {
+        format!(
+            "{scheme}://{}/v2/{}/blobs/{digest}",
+            self.host,
+            self.repository(repository)
+        )
+    }
+
+    /// Human-readable: `127.0.0.1:5000/k8s (mirror of registry.k8s.io)`.
+    pub fn label(&self) -> String {
+        let mut s = self.host.clone();
+        if !self.prefix.is_empty() {
+            s.push('/');
+            s.push_str(&self.prefix);
+        }
+        if let Some(up) = &self.mirror_of {
+            s.push_str(&format!(" (mirror of {up})"));
+        }
+        s
+    }
+}
+
+/// The API host of a registry name: `registry-1.docker.io` for `docker.io`, else itself.
+pub(crate) fn api_host(registry: &str) -> &str {
+    if registry == DOCKER_HUB {
+        DOCKER_HUB_API
+    } else {
+        registry
+    }
+}
+
+/// The endpoints to try for `registry`, in order: its mirrors, then the registry itself unless
+/// `mirror_only`.
+pub(crate) fn endpoints(
+    registries: &BTreeMap<String, RegistryConfig>,
+    registry: &str,
+) -> Vec<Endpoint> {
+    let config = registries.get(registry).cloned().unwrap_or_default();
+    let mut out = Vec::with_capacity(config.mirrors.len() + 1);
+    for mirror in &config.mirrors {
+        let (plain_http, rest) = match mirror.split_once("://") {
+            Some(("http", rest)) => (true, rest),
+            Some((_, rest)) => (false, rest),
+            None => (false, mirror.as_str()),
+        };
+        let rest = rest.trim_end_matches('/');
+        let (host, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+        if host.is_empty() {
+            continue;
+        }
+        let own_insecure = registries.get(host).is_some_and(|c| c.insecure);
+        out.push(Endpoint {
+            host: host.to_string(),
+            prefix: prefix.trim_matches('/').to_string(),
+            insecure: config.insecure || own_insecure || plain_http,
+            mirror_of: Some(registry.to_string()),
+        });
+    }
+    // `mirror_only` without usable mirrors (refused by config validation) still tries the host.
+    if !config.mirror_only || out.is_empty() {
+        out.push(Endpoint {
+            host: api_host(registry).to_string(),
+            prefix: String::new(),
+            insecure: config.insecure,
+            mirror_of: None,
+        });
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reg(mirrors: &[&str], mirror_only: bool, insecure: bool) -> RegistryConfig {
+        RegistryConfig {
+            mirrors: mirrors.iter().map(|m| m.to_string()).collect(),
+            mirror_only,
+            insecure,
+        }
+    }
+
+    #[test]
+    fn no_config_is_the_host_itself_over_tls() {
+        let e = endpoints(&BTreeMap::new(), "quay.io");
+        assert_eq!(e.len(), 1);
+        assert_eq!((e[0].host.as_str(), e[0].insecure), ("quay.io", false));
+        assert_eq!(e[0].schemes(), &["https"]);
+        assert_eq!(
+            e[0].manifest_url("https", "a/b", "latest"),
+            "https://quay.io/v2/a/b/manifests/latest"
+        );
+        assert_eq!(e[0].label(), "quay.io");
+    }
+
+    #[test]
+    fn docker_hub_api_host() {
+        let e = endpoints(&BTreeMap::new(), "docker.io");
+        assert_eq!(
+            e[0].manifest_url("https", "library/busybox", "latest"),
+            "https://registry-1.docker.io/v2/library/busybox/manifests/latest"
+        );
+    }
+
+    #[test]
+    fn mirrors_first_in_order_with_prefixes() {
+        let mut regs = BTreeMap::new();
+        regs.insert(
+            "registry.k8s.io".to_string(),
+            reg(
+                &["127.0.0.1:5000/k8s", "mirror.example/a/b/", "plain.example"],
+                false,
+                false,
+            ),
+        );
+        let e = endpoints(&regs, "registry.k8s.io");
+        let urls: Vec<_> = e
+            .iter()
+            .map(|e| e.manifest_url(e.schemes()[0], "pause", "3.9"))
+            .collect();
+        assert_eq!(
+            urls,
+            [
+                "https://127.0.0.1:5000/v2/k8s/pause/manifests/3.9",
+                "https://mirror.example/v2/a/b/pause/manifests/3.9",
+                "https://plain.example/v2/pause/manifests/3.9",
+                "https://registry.k8s.io/v2/pause/manifests/3.9",
+            ]
+        );
+        assert_eq!(
+            e[0].label(),
+            "127.0.0.1:5000/k8s (mirror of registry.k8s.io)"
+        );
+        assert_eq!(
+            e[1].blob_url("https", "pause", "sha256:x"),
+            "https://mirror.example/v2/a/b/pause/blobs/sha256:x"
+        );
+        assert!(e.iter().all(|e| !e.insecure));
+    }
+
+    #[test]
+    fn mirror_only_skips_the_host() {
+        let mut regs = BTreeMap::new();
+        regs.insert("docker.io".to_string(), reg(&["m.example"], true, false));
+        let e = endpoints(&regs, "docker.io");
+        assert_eq!(e.len(), 1);
+        assert_eq!(e[0].host, "m.example");
+        assert_eq!(e[0].repository("library/busybox"), "library/busybox");
+    }
+
+    #[test]
+    fn insecure_from_the_host_or_the_mirrors_own_entry() {
+        let mut regs = BTreeMap::new();
+        regs.insert(
+            "registry.example".to_string(),
+            reg(&["127.0.0.1:5000/p", "secure.example"], false, false),
+        );
+        regs.insert("127.0.0.1:5000".to_string(), reg(&[], false, true));
+        let e = endpoints(&regs, "registry.example");
+        let insecure: Vec<_> = e.iter().map(|e| e.insecure).collect();
+        assert_eq!(insecure, [true, false, false]);
+        assert_eq!(e[0].schemes(), &["https", "http"]);
+
+        regs.insert(
+            "registry.example".to_string(),
+            reg(&["secure.example"], false, true),
+        );
+        let e = endpoints(&regs, "registry.example");
+        assert!(e.iter().all(|e| e.insecure));
+    }
+}

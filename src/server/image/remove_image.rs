@@ -1,0 +1,15 @@
+//! `RemoveImage`: by id, tag or digest; idempotent; frees layers nobody uses.
+
+use k8s_cri::v1::{RemoveImageRequest, RemoveImageResponse};
+
+use crate::app::Daemon;
+use crate::error::{Error, Result};
+
+pub async fn remove_image(daemon: &Daemon, req: RemoveImageRequest) -> Result<RemoveImageResponse> {
+    let query = req.image.map(|i| i.image).unwrap_or_default();
+    if query.is_empty() {
+        return Err(Error::InvalidArgument("image is empty".into()));
+    }
+    daemon.images()?.remove(&query).await?;
+    Ok(RemoveImageResponse {})
+}
