@@ -186,16 +186,7 @@ impl Daemon {
     }
 
     async fn channel(socket: PathBuf) -> Result<Channel, tonic::transport::Error> {
-        Endpoint::from_static("http://[::]:50051")
-            .connect_with_connector(tower::service_fn(move |_: Uri| {
-                let socket = socket.clone();
-                async move {
-                    tokio::net::UnixStream::connect(socket)
-                        .await
-                        .map(TokioIo::new)
-                }
-            }))
-            .await
+        unix_channel(socket).await
     }
 
     async fn try_runtime(&self) -> Result<RuntimeServiceClient<Channel>, tonic::transport::Error> {
@@ -284,6 +275,20 @@ impl Drop for Daemon {
             );
         }
     }
+}
+
+/// A gRPC channel over the unix socket at `socket` (any CRI endpoint: crius, containerd, ...).
+pub async fn unix_channel(socket: PathBuf) -> Result<Channel, tonic::transport::Error> {
+    Endpoint::from_static("http://[::]:50051")
+        .connect_with_connector(tower::service_fn(move |_: Uri| {
+            let socket = socket.clone();
+            async move {
+                tokio::net::UnixStream::connect(socket)
+                    .await
+                    .map(TokioIo::new)
+            }
+        }))
+        .await
 }
 
 /// A minimal HTTP/1.1 GET over loopback (bounded by a 5 s timeout).

@@ -301,6 +301,20 @@ pub fn write_custom_layout(dir: &Path, name: &str, tars: &[Vec<u8>]) -> io::Resu
     Ok(image)
 }
 
+/// An uncompressed tar stream holding one regular file `name` (mode 0644, owner 0:0, mtime 0).
+pub fn single_file_tar(name: &str, data: &[u8]) -> io::Result<Vec<u8>> {
+    let mut b = tar::Builder::new(Vec::new());
+    let mut h = tar::Header::new_gnu();
+    h.set_size(data.len() as u64);
+    h.set_mode(0o644);
+    h.set_mtime(0);
+    h.set_uid(0);
+    h.set_gid(0);
+    h.set_cksum();
+    b.append_data(&mut h, name, data)?;
+    b.into_inner()
+}
+
 /// `sha256:<hex>` of `bytes`.
 pub fn sha256_digest(bytes: &[u8]) -> String {
     format!("sha256:{:x}", Sha256::digest(bytes))

@@ -14,28 +14,18 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crius_e2e::daemon::{crius_bin, free_port};
-use hyper_util::rt::TokioIo;
 use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
 use k8s_cri::v1::VersionRequest;
-use tonic::transport::{Channel, Endpoint, Uri};
+use tonic::transport::Channel;
 
 const CALLS: usize = 10_000;
 const STARTS: usize = 10;
 
 async fn connect(socket: &Path) -> Option<RuntimeServiceClient<Channel>> {
-    let socket = socket.to_path_buf();
-    let channel = Endpoint::from_static("http://[::]:50051")
-        .connect_with_connector(tower::service_fn(move |_: Uri| {
-            let socket = socket.clone();
-            async move {
-                tokio::net::UnixStream::connect(socket)
-                    .await
-                    .map(TokioIo::new)
-            }
-        }))
+    crius_e2e::daemon::unix_channel(socket.to_path_buf())
         .await
-        .ok()?;
-    Some(RuntimeServiceClient::new(channel))
+        .ok()
+        .map(RuntimeServiceClient::new)
 }
 
 fn rss_kib(pid: u32) -> u64 {
@@ -212,19 +202,6 @@ fn layer_bytes(len: usize, seed: u64) -> Vec<u8> {
     out
 }
 
-fn tar_of(name: &str, data: &[u8]) -> Vec<u8> {
-    let mut b = tar::Builder::new(Vec::new());
-    let mut h = tar::Header::new_gnu();
-    h.set_size(data.len() as u64);
-    h.set_mode(0o644);
-    h.set_mtime(0);
-    h.set_uid(0);
-    h.set_gid(0);
-    h.set_cksum();
-    b.append_data(&mut h, name, data).unwrap();
-    b.into_inner().unwrap()
-}
-
 fn run(cmd: &mut Command) -> Duration {
     let t = Instant::now();
     let out = cmd.output().unwrap();
@@ -252,7 +229,13 @@ async fn bench_pull() {
     let registry = Registry::start().unwrap();
     let layout = tempfile::tempdir().unwrap();
     let tars: Vec<Vec<u8>> = (0..5)
-        .map(|i| tar_of(&format!("layer{i}.bin"), &layer_bytes(20 << 20, i + 1)))
+        .map(|i| {
+            crius_e2e::fixtures::single_file_tar(
+                &format!("layer{i}.bin"),
+                &layer_bytes(20 << 20, i + 1),
+            )
+            .unwrap()
+        })
         .collect();
     let image = crius_e2e::fixtures::write_custom_layout(layout.path(), "big", &tars).unwrap();
     let compressed: u64 = image.layers.iter().map(|l| l.blob.size).sum();
