@@ -191,13 +191,17 @@ async fn rpcs_of_later_capabilities_answer_unimplemented_naming_the_rpc() {
         err.message()
     );
     let err = d
-        .image()
+        .runtime()
         .await
-        .image_fs_info(cri::ImageFsInfoRequest {})
+        .container_status(cri::ContainerStatusRequest::default())
         .await
         .unwrap_err();
     assert_eq!(err.code(), tonic::Code::Unimplemented);
-    assert!(err.message().contains("ImageFsInfo"), "{}", err.message());
+    assert!(
+        err.message().contains("ContainerStatus"),
+        "{}",
+        err.message()
+    );
 }
 
 #[tokio::test]

@@ -131,7 +131,8 @@ impl Images {
         };
         let label = match &result {
             Ok(_) => "success".to_string(),
-            Err(e) => format!("{:?}", crate::server::status::code_of(e.kind())),
+            // ErrorKind names are the gRPC code names.
+            Err(e) => format!("{:?}", e.kind()),
         };
         self.metrics
             .image_pulls_total

@@ -38,6 +38,13 @@ impl<R: Read, W: Write> Read for Tee<R, W> {
 /// Removes its paths when dropped unless disarmed: partial files never outlive a failed step.
 struct Cleanup(Vec<PathBuf>);
 
+impl Cleanup {
+    /// The paths now belong to the store: keep them.
+    fn disarm(mut self) {
+        self.0.clear();
+    }
+}
+
 impl Drop for Cleanup {
     fn drop(&mut self) {
         for p in &self.0 {
@@ -287,7 +294,7 @@ impl Images {
                 path: layer_dir.clone(),
                 source,
             })?;
-        std::mem::forget(cleanup);
+        cleanup.disarm();
         let record = LayerRecord {
             chain_id: chain.to_string(),
             diff_id: diff_id.to_string(),
