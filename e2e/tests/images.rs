@@ -701,3 +701,27 @@ async fn remove_image_frees_unshared_layers_keeps_shared_ones_and_survives_resta
         .count();
     assert_eq!(left, 0);
 }
+
+#[tokio::test]
+async fn sighup_reloads_registry_mirrors_without_a_restart() {
+    let fx = registry::shared();
+    let d = daemon_for("").await;
+    let err = pull(&d, "reload.example/busybox:latest").await.unwrap_err();
+    assert_ne!(err.code(), tonic::Code::Ok);
+    std::fs::write(
+        d.paths.config_dir.join("50-mirror.toml"),
+        format!(
+            "[image.registries.\"reload.example\"]\nmirrors = [\"{}/crius-test\"]\nmirror_only = true\ninsecure = true\n",
+            fx.registry_addr()
+        ),
+    )
+    .unwrap();
+    d.signal(libc::SIGHUP);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !d.log().contains("configuration reloaded") {
+        assert!(Instant::now() < deadline, "no reload logged");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let id = pull(&d, "reload.example/busybox:latest").await.unwrap();
+    assert_eq!(id, fx.layout().busybox.image_id());
+}
