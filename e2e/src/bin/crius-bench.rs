@@ -251,7 +251,7 @@ async fn bench_pull() {
 
     let mut daemon = crius_e2e::daemon::Daemon::start_with(crius_e2e::daemon::Options {
         extra_config: format!(
-            "[image.registries.\"{}\"]\ninsecure = true\n[log]\nlevel = \"warn\"\n",
+            "[image.registries.\"{}\"]\ninsecure = true\n",
             registry.addr()
         ),
     })
