@@ -5,7 +5,7 @@
 //! the log subscriber (that is `main`'s job) so that tests can run it with their own listener.
 
 use std::future::Future;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
@@ -22,6 +22,8 @@ use crate::error::{Error, Result};
 use crate::image::registry::Credentials;
 use crate::image::Images;
 use crate::metrics::Metrics;
+use crate::sandbox::network::CniNetwork;
+use crate::sandbox::{Sandboxes, Settings as SandboxSettings};
 use crate::server::CriService;
 use crate::store::{Collection, Record};
 
@@ -45,6 +47,7 @@ const RUNTIME_STATE_ID: &str = "node";
 struct State {
     runtime: Arc<Collection<RuntimeState>>,
     images: Images,
+    sandboxes: Arc<Sandboxes>,
 }
 
 /// Why a runtime condition is false.
@@ -77,6 +80,11 @@ impl Daemon {
     /// The image domain, once restored.
     pub fn images(&self) -> Result<&Images> {
         Ok(&self.state()?.images)
+    }
+
+    /// The pod sandbox domain, once restored.
+    pub fn sandboxes(&self) -> Result<&Arc<Sandboxes>> {
+        Ok(&self.state()?.sandboxes)
     }
 
     /// Re-reads the configuration and applies what can change at runtime (registries).
@@ -127,15 +135,45 @@ impl Daemon {
         let root = self.config.state.root.clone();
         let image_config = self.config.image.clone();
         let metrics = self.metrics.clone();
-        let (runtime, report, images) = tokio::task::spawn_blocking(move || {
-            let (runtime, report) = Collection::<RuntimeState>::open(&root)?;
-            let images = Images::open(&root, &image_config, metrics)?;
-            Ok::<_, Error>((runtime, report, images))
-        })
-        .await
-        .map_err(|e| Error::Internal(format!("restore task: {e}")))??;
+        let config = self.config.clone();
+        let (runtime, report, images, sandboxes, sandbox_report) =
+            tokio::task::spawn_blocking(move || {
+                let (runtime, report) = Collection::<RuntimeState>::open(&root)?;
+                let images = Images::open(&root, &image_config, metrics.clone())?;
+                let network = Arc::new(CniNetwork::new(
+                    config.network.bin_dirs.clone(),
+                    root.join("cni"),
+                    config.network.conf_dir.clone(),
+                    config.network.default_network.clone(),
+                ));
+                let cgroups = crate::cgroups::Cgroups::discover(Path::new(
+                    crate::cgroups::DEFAULT_ROOT,
+                ))
+                .map_err(|e| tracing::warn!(error = %e, "no cgroup hierarchies; pod cgroup parents are not managed"))
+                .ok();
+                let settings = SandboxSettings {
+                    pods_dir: config.state.runroot.join("pods"),
+                    shm_size: config.pod.shm_size,
+                    monitor: monitor_binary(&config.runtime.monitor_path),
+                    host_resolv_conf: PathBuf::from("/etc/resolv.conf"),
+                };
+                let (sandboxes, sandbox_report) =
+                    Sandboxes::open(&root, settings, network, cgroups, metrics)?;
+                Ok::<_, Error>((runtime, report, images, sandboxes, sandbox_report))
+            })
+            .await
+            .map_err(|e| Error::Internal(format!("restore task: {e}")))??;
         report.log("runtime");
-        if self.state.set(State { runtime, images }).is_err() {
+        sandbox_report.log("sandbox");
+        if self
+            .state
+            .set(State {
+                runtime,
+                images,
+                sandboxes,
+            })
+            .is_err()
+        {
             return Err(Error::Internal("state restored twice".into()));
         }
         self.ready.store(true, Ordering::Release);
@@ -236,6 +274,21 @@ impl Daemon {
             }),
         }
     }
+}
+
+/// Resolves the monitor binary: absolute as given; a bare name next to the running `crius`
+/// binary first, then on `PATH`; unresolved names are kept (the error names them at use).
+pub fn monitor_binary(configured: &Path) -> PathBuf {
+    if configured.is_absolute() || configured.components().count() > 1 {
+        return configured.to_path_buf();
+    }
+    let beside = std::env::current_exe()
+        .ok()
+        .and_then(|exe| exe.parent().map(|d| d.join(configured)))
+        .filter(|p| p.is_file());
+    beside
+        .or_else(|| crate::runtime::find_binary(configured))
+        .unwrap_or_else(|| configured.to_path_buf())
 }
 
 /// Serves the CRI on `listener` (and metrics on `metrics_listener`) until `shutdown` resolves,

@@ -6,11 +6,14 @@
 #![deny(unsafe_code)]
 
 pub mod app;
+pub mod cgroups;
 pub mod config;
 pub mod error;
 pub mod image;
+pub mod keyed;
 pub mod metrics;
 pub mod runtime;
+pub mod sandbox;
 pub mod server;
 pub mod socket;
 pub mod store;

@@ -11,7 +11,7 @@ use http_body_util::Full;
 use hyper::body::{Bytes, Incoming};
 use hyper::{Method, Request, Response, StatusCode};
 use prometheus::{
-    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, Opts, Registry,
+    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry,
 };
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -32,7 +32,15 @@ pub struct Metrics {
     pub image_pull_bytes_total: IntCounter,
     pub image_pull_duration_seconds: Histogram,
     pub image_layers_reused_total: IntCounter,
+    pub pod_network_setup_seconds: Histogram,
+    pub pod_network_teardown_seconds: Histogram,
+    pub pods: IntGaugeVec,
 }
+
+/// Buckets for CNI ADD/DEL: from 1 ms to the plugin timeout.
+const NETWORK_BUCKETS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+];
 
 impl Metrics {
     pub fn new() -> Result<Arc<Self>, prometheus::Error> {
@@ -80,6 +88,27 @@ impl Metrics {
             "crius_image_layers_reused_total",
             "Layers a pull found already unpacked and reused",
         )?;
+        let pod_network_setup_seconds = Histogram::with_opts(
+            HistogramOpts::new(
+                "crius_pod_network_setup_seconds",
+                "Time to attach a pod to its network (CNI ADD), in seconds",
+            )
+            .buckets(NETWORK_BUCKETS.to_vec()),
+        )?;
+        let pod_network_teardown_seconds = Histogram::with_opts(
+            HistogramOpts::new(
+                "crius_pod_network_teardown_seconds",
+                "Time to detach a pod from its network (CNI DEL), in seconds",
+            )
+            .buckets(NETWORK_BUCKETS.to_vec()),
+        )?;
+        let pods = IntGaugeVec::new(
+            Opts::new("crius_pods", "Pod sandboxes by state (ready, notready)"),
+            &["state"],
+        )?;
+        registry.register(Box::new(pod_network_setup_seconds.clone()))?;
+        registry.register(Box::new(pod_network_teardown_seconds.clone()))?;
+        registry.register(Box::new(pods.clone()))?;
         registry.register(Box::new(operations_total.clone()))?;
         registry.register(Box::new(operations_errors_total.clone()))?;
         registry.register(Box::new(operations_latency_seconds.clone()))?;
@@ -96,6 +125,9 @@ impl Metrics {
             image_pull_bytes_total,
             image_pull_duration_seconds,
             image_layers_reused_total,
+            pod_network_setup_seconds,
+            pod_network_teardown_seconds,
+            pods,
         }))
     }
 

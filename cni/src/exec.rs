@@ -471,6 +471,26 @@ impl Cni {
         CniResult::from_value(raw).ok()
     }
 
+    /// The container ids that have a cache entry (complete or not), for cleanup at start.
+    pub fn cached_container_ids(&self) -> Result<Vec<String>, CniError> {
+        let dir = cache::results_dir(&self.cache_dir);
+        let entries = match std::fs::read_dir(&dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(source) => return Err(CniError::Cache { path: dir, source }),
+        };
+        let mut ids = Vec::new();
+        for dirent in entries.flatten() {
+            if let Ok(Some(entry)) = cache::read(&dirent.path()) {
+                if !ids.contains(&entry.container_id) {
+                    ids.push(entry.container_id);
+                }
+            }
+        }
+        ids.sort();
+        Ok(ids)
+    }
+
     /// The first executable named `plugin` in `bin_dirs`.
     pub fn find_plugin(&self, plugin: &str) -> Result<PathBuf, CniError> {
         if !is_safe_component(plugin) {

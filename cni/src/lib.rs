@@ -21,7 +21,7 @@ mod sys;
 pub use config::{ConfigError, NetworkConfigList};
 pub use exec::{Attachment, Cni, CniError, CniErrorKind, DEFAULT_PLUGIN_TIMEOUT};
 pub use ns::{
-    create_pinned, in_netns, interface_addrs, loopback_up, remove_pinned, NsError, NsKind,
-    PinnedNamespaces,
+    create_pinned, in_namespaces, in_netns, interface_addrs, loopback_up, remove_pinned, NsError,
+    NsKind, PinnedNamespaces,
 };
 pub use result::{CniResult, Dns, Interface, IpCidr, IpConfig, ResultError, Route};

@@ -221,6 +221,32 @@ pub fn in_netns<T: Send>(path: &Path, f: impl FnOnce() -> T + Send) -> Result<T,
     })?
 }
 
+/// Runs `f` on a new thread that first joins every namespace in `namespaces` (kind, pin path).
+///
+/// Used for writes that the kernel scopes by the writer's namespaces (IPC and net sysctls). Like
+/// [`in_netns`], the thread ends when `f` returns.
+pub fn in_namespaces<T: Send>(
+    namespaces: &[(NsKind, PathBuf)],
+    f: impl FnOnce() -> T + Send,
+) -> Result<T, NsError> {
+    let mut files = Vec::with_capacity(namespaces.len());
+    for (kind, path) in namespaces {
+        let file = File::open(path).map_err(NsError::io("open namespace", path))?;
+        files.push((*kind, path.as_path(), file));
+    }
+    let first = namespaces
+        .first()
+        .map(|(_, p)| p.clone())
+        .unwrap_or_default();
+    run_on_fresh_thread(&first, move || {
+        for (kind, path, file) in &files {
+            sys::setns(file.as_fd(), kind.clone_flag())
+                .map_err(NsError::io("enter namespace", path))?;
+        }
+        Ok(f())
+    })?
+}
+
 fn run_on_fresh_thread<T: Send>(path: &Path, f: impl FnOnce() -> T + Send) -> Result<T, NsError> {
     std::thread::scope(|scope| {
         let handle = std::thread::Builder::new()

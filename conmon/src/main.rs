@@ -2,8 +2,11 @@
 //!
 //! Owns (once containers land, issue 5) the container's stdio, its CRI log, its exit record and its
 //! attach socket, and answers the daemon on a control socket with the `crius-proto` monitor protocol.
-//! For now it only reports its version and protocol identity. It must stay tiny: no tonic, no
+//! For now it reports its version and runs as a pod's PID 1 (`infra`, see `infra.rs`). It must stay tiny: no tonic, no
 //! multi-threaded runtime, nothing per container that the kernel can do for it.
+
+mod infra;
+mod sys;
 
 use crius_proto::monitor::PingResponse;
 
@@ -16,6 +19,13 @@ fn main() {
                 pid: std::process::id(),
             };
             println!("crius-conmon {} (protocol crius.monitor.v1)", pong.version);
+        }
+        Some("infra") => {
+            let rest: Vec<String> = args.collect();
+            if let Err(e) = infra::main(&rest) {
+                eprintln!("crius-conmon infra: {e}");
+                std::process::exit(1);
+            }
         }
         other => {
             eprintln!(

@@ -45,6 +45,8 @@ pub fn free_port() -> u16 {
 pub struct Options {
     /// TOML appended to the generated main config file.
     pub extra_config: String,
+    /// A drop-in (`crius.d/50-test.toml`), for tables the main file already has (`[network]`).
+    pub drop_in: String,
 }
 
 /// Paths of one isolated daemon instance.
@@ -96,6 +98,10 @@ impl Daemon {
         let paths = Paths::new(tmp.path());
         std::fs::create_dir_all(&paths.config_dir).expect("config dir");
         std::fs::create_dir_all(&paths.cni_conf_dir).expect("cni conf dir");
+        if !options.drop_in.is_empty() {
+            std::fs::write(paths.config_dir.join("50-test.toml"), &options.drop_in)
+                .expect("write drop-in");
+        }
         let mut daemon = Daemon {
             tmp,
             paths,
@@ -148,7 +154,10 @@ impl Daemon {
                 .expect("spawn crius");
             self.child = Some(child);
             match self.wait_ready().await {
-                Ok(()) => return,
+                Ok(()) => {
+                    self.wait_restored().await;
+                    return;
+                }
                 Err(e) if attempt < 2 && self.log().contains("bind metrics address") => {
                     eprintln!("metrics port clash, retrying: {e}");
                     self.kill9();
@@ -157,6 +166,26 @@ impl Daemon {
                     "crius did not become ready: {e}\n--- daemon log ---\n{}",
                     self.log()
                 ),
+            }
+        }
+    }
+
+    /// Waits until the startup gate opens (state restored): gated RPCs stop answering
+    /// `Unavailable`. A daemon configured to never restore is left as it is after 15 s.
+    async fn wait_restored(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while Instant::now() < deadline {
+            let Ok(mut client) = self.try_runtime().await else {
+                return;
+            };
+            match client
+                .list_pod_sandbox(k8s_cri::v1::ListPodSandboxRequest::default())
+                .await
+            {
+                Err(s) if s.code() == tonic::Code::Unavailable => {
+                    tokio::time::sleep(Duration::from_millis(20)).await
+                }
+                _ => return,
             }
         }
     }

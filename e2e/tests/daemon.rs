@@ -115,6 +115,7 @@ async fn runtime_config_reports_cgroupfs_and_systemd_when_configured() {
 
     let d = Daemon::start_with(Options {
         extra_config: "[runtime]\ncgroup_driver = \"systemd\"\n".into(),
+        ..Options::default()
     })
     .await;
     let resp = d
@@ -181,12 +182,12 @@ async fn rpcs_of_later_capabilities_answer_unimplemented_naming_the_rpc() {
     let err = d
         .runtime()
         .await
-        .list_pod_sandbox(cri::ListPodSandboxRequest::default())
+        .list_containers(cri::ListContainersRequest::default())
         .await
         .unwrap_err();
     assert_eq!(err.code(), tonic::Code::Unimplemented);
     assert!(
-        err.message().contains("ListPodSandbox"),
+        err.message().contains("ListContainers"),
         "{}",
         err.message()
     );
@@ -236,7 +237,7 @@ async fn metrics_count_operations_errors_and_latency() {
         .contains("crius_operations_latency_seconds_bucket{operation=\"Version\",le=\"0.001\"}"));
     let errors = metric_value(
         &body,
-        "crius_operations_errors_total{code=\"Unimplemented\",operation=\"RunPodSandbox\"}",
+        "crius_operations_errors_total{code=\"InvalidArgument\",operation=\"RunPodSandbox\"}",
     );
     assert_eq!(errors, Some(1.0), "{body}");
     assert_eq!(d.http_get("/healthz"), (200, "ok\n".to_string()));

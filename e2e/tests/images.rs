@@ -21,6 +21,7 @@ async fn daemon_for(extra: &str) -> Daemon {
     let fx = registry::shared();
     Daemon::start_with(Options {
         extra_config: format!("{}{extra}", insecure(&fx.registry_addr())),
+        ..Options::default()
     })
     .await
 }
@@ -491,6 +492,7 @@ async fn a_registry_with_htpasswd_auth_needs_the_request_credentials() {
     push_layout(&layout_ref, &reference, Some("crius:s3cret")).unwrap();
     let d = Daemon::start_with(Options {
         extra_config: insecure(&reg.addr()),
+        ..Options::default()
     })
     .await;
 

@@ -21,6 +21,7 @@ pub struct Config {
     pub runtime: RuntimeConfig,
     pub image: ImageConfig,
     pub network: NetworkConfig,
+    pub pod: PodConfig,
     pub metrics: MetricsConfig,
     pub log: LogConfig,
 }
@@ -56,6 +57,9 @@ pub struct RuntimeConfig {
     pub cgroup_driver: CgroupDriver,
     /// RuntimeClass handlers by name.
     pub handlers: BTreeMap<String, HandlerConfig>,
+    /// The `crius-conmon` binary (monitor and pod infra process): absolute, or a bare name looked
+    /// up next to the `crius` binary, then on `PATH`.
+    pub monitor_path: PathBuf,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -112,6 +116,14 @@ pub struct NetworkConfig {
     pub bin_dirs: Vec<PathBuf>,
     /// Network name pods join; empty means the first file in lexical order.
     pub default_network: String,
+}
+
+/// `[pod]`: pod sandboxes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PodConfig {
+    /// Size of each pod's `/dev/shm` tmpfs in bytes.
+    pub shm_size: u64,
 }
 
 /// `[metrics]`: the Prometheus endpoint.
@@ -172,6 +184,7 @@ impl Default for RuntimeConfig {
             default_handler: "runc".into(),
             cgroup_driver: CgroupDriver::Cgroupfs,
             handlers: [handler("runc"), handler("crun")].into_iter().collect(),
+            monitor_path: PathBuf::from("crius-conmon"),
         }
     }
 }
@@ -194,6 +207,14 @@ impl Default for NetworkConfig {
             conf_dir: PathBuf::from("/etc/cni/net.d"),
             bin_dirs: vec![PathBuf::from("/opt/cni/bin"), PathBuf::from("/usr/lib/cni")],
             default_network: String::new(),
+        }
+    }
+}
+
+impl Default for PodConfig {
+    fn default() -> Self {
+        PodConfig {
+            shm_size: 64 * 1024 * 1024,
         }
     }
 }
@@ -226,6 +247,7 @@ impl Default for Config {
             runtime: RuntimeConfig::default(),
             image: ImageConfig::default(),
             network: NetworkConfig::default(),
+            pod: PodConfig::default(),
             metrics: MetricsConfig::default(),
             log: LogConfig::default(),
         }

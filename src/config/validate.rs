@@ -62,6 +62,12 @@ impl Config {
                 return fail(format!("{key}.path"), "must not be empty");
             }
         }
+        if self.runtime.monitor_path.as_os_str().is_empty() {
+            return fail("runtime.monitor_path", "must not be empty");
+        }
+        if self.pod.shm_size < 4096 {
+            return fail("pod.shm_size", "must be at least 4096 bytes");
+        }
         if !self
             .runtime
             .handlers

@@ -87,13 +87,16 @@ cri_service! {
         => runtime::runtime_config::runtime_config;
     update_runtime_config(UpdateRuntimeConfigRequest) -> UpdateRuntimeConfigResponse,
         "UpdateRuntimeConfig" => runtime::update_runtime_config::update_runtime_config;
-    run_pod_sandbox(RunPodSandboxRequest) -> RunPodSandboxResponse, "RunPodSandbox" => unimplemented;
-    stop_pod_sandbox(StopPodSandboxRequest) -> StopPodSandboxResponse, "StopPodSandbox" => unimplemented;
+    run_pod_sandbox(RunPodSandboxRequest) -> RunPodSandboxResponse, "RunPodSandbox"
+        => runtime::run_pod_sandbox::run_pod_sandbox;
+    stop_pod_sandbox(StopPodSandboxRequest) -> StopPodSandboxResponse, "StopPodSandbox"
+        => runtime::stop_pod_sandbox::stop_pod_sandbox;
     remove_pod_sandbox(RemovePodSandboxRequest) -> RemovePodSandboxResponse, "RemovePodSandbox"
-        => unimplemented;
+        => runtime::remove_pod_sandbox::remove_pod_sandbox;
     pod_sandbox_status(PodSandboxStatusRequest) -> PodSandboxStatusResponse, "PodSandboxStatus"
-        => unimplemented;
-    list_pod_sandbox(ListPodSandboxRequest) -> ListPodSandboxResponse, "ListPodSandbox" => unimplemented;
+        => runtime::pod_sandbox_status::pod_sandbox_status;
+    list_pod_sandbox(ListPodSandboxRequest) -> ListPodSandboxResponse, "ListPodSandbox"
+        => runtime::list_pod_sandbox::list_pod_sandbox;
     create_container(CreateContainerRequest) -> CreateContainerResponse, "CreateContainer"
         => unimplemented;
     start_container(StartContainerRequest) -> StartContainerResponse, "StartContainer" => unimplemented;

@@ -250,6 +250,7 @@ async fn bench_pull() {
     let mb = compressed as f64 / 1e6;
 
     let mut daemon = crius_e2e::daemon::Daemon::start_with(crius_e2e::daemon::Options {
+        drop_in: String::new(),
         extra_config: format!(
             "[image.registries.\"{}\"]\ninsecure = true\n",
             registry.addr()

@@ -1,0 +1,137 @@
+//! A private CNI network per test: its own bridge (no masquerade, no default route out of the
+//! machine), its own `/24`, its own host-local data dir, and a conflist for the daemon's conf
+//! dir. Also the host-side counters tests compare before and after (IP files, veths, nat rules,
+//! namespace mounts) and a guard that removes what a failed test left.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+static NEXT: AtomicU32 = AtomicU32::new(0);
+
+/// Runs a command and returns (success, stdout+stderr).
+pub fn run(cmd: &str, args: &[&str]) -> (bool, String) {
+    match Command::new(cmd).args(args).output() {
+        Ok(out) => (
+            out.status.success(),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        ),
+        Err(e) => (false, format!("spawn {cmd}: {e}")),
+    }
+}
+
+/// One test's network.
+pub struct TestNetwork {
+    /// CNI network name (also in portmap's iptables comments).
+    pub name: String,
+    pub bridge: String,
+    /// `10.A.B` of the `10.A.B.0/24` subnet.
+    pub prefix: String,
+    /// host-local's data dir (its IP files live in `data_dir/<name>`).
+    pub data_dir: PathBuf,
+    _tmp: tempfile::TempDir,
+}
+
+impl TestNetwork {
+    pub fn new() -> TestNetwork {
+        let n = NEXT.fetch_add(1, Ordering::SeqCst);
+        let pid = std::process::id();
+        let tmp = tempfile::Builder::new()
+            .prefix("crius-e2e-ipam-")
+            .tempdir()
+            .expect("ipam dir");
+        TestNetwork {
+            name: format!("crius-e2e-{pid}-{n}"),
+            bridge: format!("cre{}x{n}", pid % 100_000),
+            prefix: format!("10.{}.{}", 150 + pid % 50, n % 256),
+            data_dir: tmp.path().to_path_buf(),
+            _tmp: tmp,
+        }
+    }
+
+    /// The conflist: bridge (gateway, no masquerade) + host-local (no routes) + portmap +
+    /// `extra` plugins (JSON objects) appended.
+    pub fn conflist(&self, extra: &[&str]) -> String {
+        let mut plugins = vec![
+            format!(
+                r#"{{"type":"bridge","bridge":"{}","isGateway":true,"ipMasq":false,"hairpinMode":true,
+                "ipam":{{"type":"host-local","ranges":[[{{"subnet":"{}.0/24"}}]],"dataDir":"{}"}}}}"#,
+                self.bridge,
+                self.prefix,
+                self.data_dir.display()
+            ),
+            r#"{"type":"portmap","capabilities":{"portMappings":true}}"#.to_string(),
+        ];
+        plugins.extend(extra.iter().map(|p| p.to_string()));
+        format!(
+            r#"{{"cniVersion":"1.0.0","name":"{}","plugins":[{}]}}"#,
+            self.name,
+            plugins.join(",")
+        )
+    }
+
+    /// Writes the conflist into `conf_dir` as `10-<name>.conflist`.
+    pub fn install(&self, conf_dir: &Path, extra: &[&str]) {
+        std::fs::write(
+            conf_dir.join(format!("10-{}.conflist", self.name)),
+            self.conflist(extra),
+        )
+        .expect("write conflist");
+    }
+
+    /// Addresses host-local has handed out and not released.
+    pub fn ip_files(&self) -> Vec<String> {
+        let dir = self.data_dir.join(&self.name);
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return Vec::new();
+        };
+        let mut ips: Vec<String> = entries
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.parse::<std::net::IpAddr>().is_ok())
+            .collect();
+        ips.sort();
+        ips
+    }
+
+    /// Interfaces enslaved to the bridge (one veth per attached pod).
+    pub fn veths(&self) -> usize {
+        let (ok, out) = run("ip", &["-o", "link", "show", "master", &self.bridge]);
+        if !ok {
+            return 0; // no bridge yet
+        }
+        out.lines().filter(|l| !l.trim().is_empty()).count()
+    }
+
+    /// nat rules that mention this network (portmap comments name it).
+    pub fn nat_rules(&self) -> usize {
+        let (_, out) = run("iptables", &["-t", "nat", "-S"]);
+        out.lines().filter(|l| l.contains(&self.name)).count()
+    }
+}
+
+impl Default for TestNetwork {
+    fn default() -> Self {
+        TestNetwork::new()
+    }
+}
+
+impl Drop for TestNetwork {
+    fn drop(&mut self) {
+        let _ = run("ip", &["link", "del", &self.bridge]);
+    }
+}
+
+/// Mounts (namespace pins, shm) currently under `dir`.
+pub fn mounts_under(dir: &Path) -> usize {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let prefix = dir.to_string_lossy().into_owned();
+    info.lines()
+        .filter_map(|l| l.split_whitespace().nth(4))
+        .filter(|p| p.starts_with(&prefix))
+        .count()
+}

@@ -1,0 +1,361 @@
+//! CRI `RunPodSandboxRequest` → validated [`PodSpec`], before any side effect.
+//!
+//! Pure: everything a pod could be refused for (missing metadata, unknown handler, bad sysctl,
+//! bad cgroup parent, bad port or DNS server) is found here and reported as `InvalidArgument`
+//! naming the field. Must not touch the host.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+
+use k8s_cri::v1 as cri;
+
+use super::record::{DnsConfig, NamespaceModes, NsMode, PodSpec, PortMapping};
+use super::sysctl;
+use crate::cgroups::{self, Limits};
+use crate::config::{CgroupDriver, Config};
+use crate::error::Error;
+
+fn invalid(msg: impl Into<String>) -> Error {
+    Error::InvalidArgument(msg.into())
+}
+
+/// Validates the request against the configuration.
+pub fn pod_spec(req: &cri::RunPodSandboxRequest, config: &Config) -> Result<PodSpec, Error> {
+    let cfg = req
+        .config
+        .as_ref()
+        .ok_or_else(|| invalid("pod sandbox config is required"))?;
+    let meta = cfg
+        .metadata
+        .as_ref()
+        .ok_or_else(|| invalid("pod sandbox metadata is required"))?;
+    for (field, value) in [
+        ("name", &meta.name),
+        ("namespace", &meta.namespace),
+        ("uid", &meta.uid),
+    ] {
+        if value.is_empty() {
+            return Err(invalid(format!("pod sandbox metadata.{field} is required")));
+        }
+        if value.contains(['/', '\0', '\n']) || value.len() > 253 {
+            return Err(invalid(format!(
+                "pod sandbox metadata.{field} {value:?} is not a valid name"
+            )));
+        }
+    }
+    let runtime_handler = if req.runtime_handler.is_empty() {
+        config.runtime.default_handler.clone()
+    } else {
+        req.runtime_handler.clone()
+    };
+    if !config.runtime.handlers.contains_key(&runtime_handler) {
+        return Err(invalid(format!(
+            "runtime handler {runtime_handler:?} is not configured (have: {})",
+            config
+                .runtime
+                .handlers
+                .keys()
+                .cloned()
+                .collect::<Vec<_>>()
+                .join(", ")
+        )));
+    }
+
+    let linux = cfg.linux.clone().unwrap_or_default();
+    let security = linux.security_context.clone().unwrap_or_default();
+    let ns = security.namespace_options.clone().unwrap_or_default();
+    let mode = |field: &str, v: i32| {
+        NsMode::from_cri(v)
+            .ok_or_else(|| invalid(format!("namespace_options.{field}: unknown mode {v}")))
+    };
+    let namespaces = NamespaceModes {
+        network: mode("network", ns.network)?,
+        pid: mode("pid", ns.pid)?,
+        ipc: mode("ipc", ns.ipc)?,
+        target_id: ns.target_id.clone(),
+    };
+    if matches!(namespaces.network, NsMode::Container | NsMode::Target) {
+        return Err(invalid(
+            "namespace_options.network must be POD or NODE for a pod sandbox",
+        ));
+    }
+    if matches!(namespaces.ipc, NsMode::Container | NsMode::Target) {
+        return Err(invalid(
+            "namespace_options.ipc must be POD or NODE for a pod sandbox",
+        ));
+    }
+    if let Some(userns) = &ns.userns_options {
+        if userns.mode != cri::NamespaceMode::Node as i32 {
+            return Err(invalid(
+                "user namespaces (userns_options mode POD) are not supported by crius yet",
+            ));
+        }
+    }
+
+    let hostname = cfg.hostname.clone();
+    if hostname.len() > 64 || hostname.contains(['\0', '\n', ' ', '/']) {
+        return Err(invalid(format!("hostname {hostname:?} is not valid")));
+    }
+
+    let dns = match &cfg.dns_config {
+        Some(d) if !(d.servers.is_empty() && d.searches.is_empty() && d.options.is_empty()) => {
+            for s in &d.servers {
+                if s.parse::<IpAddr>().is_err() {
+                    return Err(invalid(format!(
+                        "dns_config.servers: {s:?} is not an IP address"
+                    )));
+                }
+            }
+            for v in d.searches.iter().chain(&d.options) {
+                if v.is_empty() || v.contains(char::is_whitespace) {
+                    return Err(invalid(format!("dns_config: {v:?} is not valid")));
+                }
+            }
+            Some(DnsConfig {
+                servers: d.servers.clone(),
+                searches: d.searches.clone(),
+                options: d.options.clone(),
+            })
+        }
+        _ => None,
+    };
+
+    let mut port_mappings = Vec::new();
+    for pm in &cfg.port_mappings {
+        let protocol = match cri::Protocol::try_from(pm.protocol) {
+            Ok(cri::Protocol::Tcp) => "tcp",
+            Ok(cri::Protocol::Udp) => "udp",
+            Ok(cri::Protocol::Sctp) => "sctp",
+            Err(_) => {
+                return Err(invalid(format!(
+                    "port_mappings: unknown protocol {}",
+                    pm.protocol
+                )))
+            }
+        };
+        let port = |field: &str, v: i32| {
+            u16::try_from(v)
+                .map_err(|_| invalid(format!("port_mappings.{field} {v} is out of range")))
+        };
+        let container_port = port("container_port", pm.container_port)?;
+        let host_port = port("host_port", pm.host_port)?;
+        if container_port == 0 {
+            return Err(invalid("port_mappings.container_port must be set"));
+        }
+        if !pm.host_ip.is_empty() && pm.host_ip.parse::<IpAddr>().is_err() {
+            return Err(invalid(format!(
+                "port_mappings.host_ip {:?} is not an IP address",
+                pm.host_ip
+            )));
+        }
+        // Without a host port there is nothing to map (kubelet sends these for documentation).
+        if host_port == 0 {
+            continue;
+        }
+        port_mappings.push(PortMapping {
+            protocol: protocol.to_string(),
+            container_port,
+            host_port,
+            host_ip: pm.host_ip.clone(),
+        });
+    }
+
+    let mut sysctls = BTreeMap::new();
+    for (name, value) in &linux.sysctls {
+        let normalized = sysctl::validate(name, value, &namespaces)?;
+        sysctls.insert(normalized, value.clone());
+    }
+
+    let cgroup_parent = match (config.runtime.cgroup_driver, linux.cgroup_parent.as_str()) {
+        (_, "") => String::new(),
+        (CgroupDriver::Cgroupfs, p) => {
+            cgroups::relative(p).map_err(|e| invalid(e.to_string()))?;
+            p.to_string()
+        }
+        (CgroupDriver::Systemd, p) => {
+            cgroups::systemd_slice_path(p).map_err(|e| invalid(e.to_string()))?
+        }
+    };
+    let mut limits = Limits::default();
+    let mut oom_score_adj = 0;
+    for res in [&linux.resources, &linux.overhead].into_iter().flatten() {
+        add_limits(&mut limits, res);
+        oom_score_adj = oom_score_adj.max(res.oom_score_adj);
+    }
+
+    Ok(PodSpec {
+        name: meta.name.clone(),
+        namespace: meta.namespace.clone(),
+        uid: meta.uid.clone(),
+        attempt: meta.attempt,
+        hostname,
+        log_directory: cfg.log_directory.clone(),
+        dns,
+        port_mappings,
+        labels: cfg.labels.clone().into_iter().collect(),
+        annotations: cfg.annotations.clone().into_iter().collect(),
+        namespaces,
+        cgroup_parent,
+        limits,
+        oom_score_adj,
+        sysctls,
+        runtime_handler,
+        privileged: security.privileged,
+    })
+}
+
+/// Adds pod overhead to pod resources: memory and CPU quota add up, shares add up, the cpuset
+/// of the first wins.
+fn add_limits(l: &mut Limits, r: &cri::LinuxContainerResources) {
+    if r.cpu_period > 0 && l.cpu_period == 0 {
+        l.cpu_period = r.cpu_period as u64;
+    }
+    if r.cpu_quota > 0 {
+        l.cpu_quota = l.cpu_quota.max(0) + r.cpu_quota;
+    }
+    if r.cpu_shares > 0 {
+        l.cpu_shares += r.cpu_shares as u64;
+    }
+    if r.memory_limit_in_bytes > 0 {
+        l.memory_limit_in_bytes = l.memory_limit_in_bytes.max(0) + r.memory_limit_in_bytes;
+    }
+    if l.cpuset_cpus.is_empty() {
+        l.cpuset_cpus = r.cpuset_cpus.clone();
+    }
+    if l.cpuset_mems.is_empty() {
+        l.cpuset_mems = r.cpuset_mems.clone();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request() -> cri::RunPodSandboxRequest {
+        cri::RunPodSandboxRequest {
+            config: Some(cri::PodSandboxConfig {
+                metadata: Some(cri::PodSandboxMetadata {
+                    name: "web".into(),
+                    uid: "u1".into(),
+                    namespace: "default".into(),
+                    attempt: 1,
+                }),
+                hostname: "web-0".into(),
+                ..Default::default()
+            }),
+            runtime_handler: String::new(),
+        }
+    }
+
+    fn err_of(req: &cri::RunPodSandboxRequest) -> String {
+        match pod_spec(req, &Config::default()) {
+            Err(Error::InvalidArgument(m)) => m,
+            other => panic!("expected InvalidArgument, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn defaults_fill_handler_and_key() {
+        let spec = pod_spec(&request(), &Config::default()).unwrap();
+        assert_eq!(spec.runtime_handler, "runc");
+        assert_eq!(spec.name_key(), "web_default_u1_1");
+        assert_eq!(spec.namespaces.network, NsMode::Pod);
+        assert!(!spec.host_network());
+    }
+
+    #[test]
+    fn refusals_name_the_field() {
+        let mut r = request();
+        r.runtime_handler = "kata".into();
+        assert!(err_of(&r).contains("\"kata\""));
+
+        let mut r = request();
+        r.config.as_mut().unwrap().metadata.as_mut().unwrap().uid = String::new();
+        assert!(err_of(&r).contains("metadata.uid"));
+
+        let mut r = request();
+        r.config.as_mut().unwrap().dns_config = Some(cri::DnsConfig {
+            servers: vec!["not-an-ip".into()],
+            ..Default::default()
+        });
+        assert!(err_of(&r).contains("not-an-ip"));
+
+        let mut r = request();
+        r.config.as_mut().unwrap().port_mappings = vec![cri::PortMapping {
+            protocol: 0,
+            container_port: 80,
+            host_port: 70000,
+            host_ip: String::new(),
+        }];
+        assert!(err_of(&r).contains("host_port"));
+
+        let mut r = request();
+        r.config.as_mut().unwrap().linux = Some(cri::LinuxPodSandboxConfig {
+            cgroup_parent: "relative/path".into(),
+            ..Default::default()
+        });
+        assert!(err_of(&r).contains("relative/path"));
+
+        let mut r = request();
+        r.config.as_mut().unwrap().linux = Some(cri::LinuxPodSandboxConfig {
+            sysctls: [("kernel.panic".to_string(), "1".to_string())].into(),
+            ..Default::default()
+        });
+        assert!(err_of(&r).contains("kernel.panic"));
+    }
+
+    #[test]
+    fn host_network_refuses_net_sysctls() {
+        let mut r = request();
+        r.config.as_mut().unwrap().linux = Some(cri::LinuxPodSandboxConfig {
+            sysctls: [("net.ipv4.ip_forward".to_string(), "1".to_string())].into(),
+            security_context: Some(cri::LinuxSandboxSecurityContext {
+                namespace_options: Some(cri::NamespaceOption {
+                    network: cri::NamespaceMode::Node as i32,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+        assert!(err_of(&r).contains("hostNetwork"));
+    }
+
+    #[test]
+    fn overhead_adds_to_resources_and_ports_without_host_port_are_dropped() {
+        let mut r = request();
+        let cfg = r.config.as_mut().unwrap();
+        cfg.linux = Some(cri::LinuxPodSandboxConfig {
+            resources: Some(cri::LinuxContainerResources {
+                memory_limit_in_bytes: 100,
+                cpu_shares: 512,
+                ..Default::default()
+            }),
+            overhead: Some(cri::LinuxContainerResources {
+                memory_limit_in_bytes: 20,
+                cpu_shares: 2,
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+        cfg.port_mappings = vec![
+            cri::PortMapping {
+                protocol: 0,
+                container_port: 80,
+                host_port: 0,
+                host_ip: String::new(),
+            },
+            cri::PortMapping {
+                protocol: 1,
+                container_port: 53,
+                host_port: 5353,
+                host_ip: "127.0.0.1".into(),
+            },
+        ];
+        let spec = pod_spec(&r, &Config::default()).unwrap();
+        assert_eq!(spec.limits.memory_limit_in_bytes, 120);
+        assert_eq!(spec.limits.cpu_shares, 514);
+        assert_eq!(spec.port_mappings.len(), 1);
+        assert_eq!(spec.port_mappings[0].protocol, "udp");
+    }
+}

@@ -1,0 +1,17 @@
+//! `RemovePodSandbox`: stop if needed, then remove everything of the pod; unknown ids succeed.
+
+use k8s_cri::v1::{RemovePodSandboxRequest, RemovePodSandboxResponse};
+
+use crate::app::Daemon;
+use crate::error::{Error, Result};
+
+pub async fn remove_pod_sandbox(
+    daemon: &Daemon,
+    req: RemovePodSandboxRequest,
+) -> Result<RemovePodSandboxResponse> {
+    if req.pod_sandbox_id.is_empty() {
+        return Err(Error::InvalidArgument("pod sandbox id is required".into()));
+    }
+    daemon.sandboxes()?.remove(&req.pod_sandbox_id).await?;
+    Ok(RemovePodSandboxResponse {})
+}
