@@ -5,7 +5,10 @@
 //! - daemon RSS after start, after 10 000 and after 20 000 `Version` calls;
 //! - `Version` round-trip latency p50/p99 over the unix socket;
 //! - a cold pull of a generated ~100 MB, 5-layer gzip image from the loopback registry: MB/s and
-//!   peak RSS growth, against `skopeo copy` + `umoci raw unpack` of the same image.
+//!   peak RSS growth, against `skopeo copy` + `umoci raw unpack` of the same image;
+//! - RunPodSandbox and StopPodSandbox+RemovePodSandbox p50/p99 over 100 pods (bridge +
+//!   host-local + loopback on a private bridge), against the bare CNI ADD/DEL of the same
+//!   conflist run directly on a pinned netns (the floor).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // A bench binary: failing loudly is the point.
 
@@ -326,4 +329,97 @@ async fn main() {
         bench(s).await;
     }
     bench_pull().await;
+    bench_pods().await;
+}
+
+const PODS: usize = 100;
+
+fn summary(name: &str, mut samples: Vec<Duration>) {
+    samples.sort();
+    println!(
+        "  {name:<34} p50 {:>9}  p99 {:>9}",
+        ms(percentile(&samples, 0.5)),
+        ms(percentile(&samples, 0.99))
+    );
+}
+
+async fn bench_pods() {
+    use k8s_cri::v1 as cri;
+    let net = crius_e2e::network::TestNetwork::new();
+    let conflist = format!(
+        r#"{{"cniVersion":"1.0.0","name":"{}","plugins":[
+        {{"type":"bridge","bridge":"{}","isGateway":true,"ipMasq":false,
+          "ipam":{{"type":"host-local","ranges":[[{{"subnet":"{}.0/24"}}]],"dataDir":"{}"}}}},
+        {{"type":"loopback"}}]}}"#,
+        net.name,
+        net.bridge,
+        net.prefix,
+        net.data_dir.display()
+    );
+    println!("\npods: {PODS} pods, bridge + host-local + loopback, one at a time");
+
+    // The floor: the same conflist run by the CNI library directly on a pinned netns.
+    let parsed =
+        crius_cni::NetworkConfigList::parse(Path::new("bench.conflist"), conflist.as_bytes())
+            .expect("conflist");
+    let scratch = tempfile::tempdir().unwrap();
+    let cni = crius_cni::Cni::new(
+        vec![PathBuf::from("/usr/lib/cni")],
+        scratch.path().join("cache"),
+    );
+    let (mut add, mut del) = (Vec::new(), Vec::new());
+    for i in 0..PODS {
+        let id = format!("floor{i:04}");
+        let ns_dir = scratch.path().join(&id);
+        let pinned = crius_cni::create_pinned(&[crius_cni::NsKind::Net], &ns_dir, None).unwrap();
+        let netns = pinned.net().unwrap();
+        let att = crius_cni::Attachment {
+            container_id: &id,
+            netns: &netns,
+            ifname: "eth0",
+            args: vec![("IgnoreUnknown".into(), "1".into())],
+            capabilities: Default::default(),
+        };
+        let t = Instant::now();
+        cni.add(&parsed, &att).expect("cni add");
+        add.push(t.elapsed());
+        let t = Instant::now();
+        cni.del(Some(&parsed), &att).expect("cni del");
+        del.push(t.elapsed());
+        pinned.remove().unwrap();
+    }
+    summary("bare CNI ADD", add);
+    summary("bare CNI DEL", del);
+
+    let d = crius_e2e::daemon::Daemon::start().await;
+    std::fs::write(d.paths.cni_conf_dir.join("10-bench.conflist"), &conflist).unwrap();
+    let mut rt = d.runtime().await;
+    let (mut run, mut stop_remove) = (Vec::new(), Vec::new());
+    for i in 0..PODS {
+        let req = crius_e2e::pods::pod(&format!("bench{i}"));
+        let t = Instant::now();
+        let id = rt
+            .run_pod_sandbox(req)
+            .await
+            .expect("RunPodSandbox")
+            .into_inner()
+            .pod_sandbox_id;
+        run.push(t.elapsed());
+        let t = Instant::now();
+        rt.stop_pod_sandbox(cri::StopPodSandboxRequest {
+            pod_sandbox_id: id.clone(),
+        })
+        .await
+        .expect("StopPodSandbox");
+        rt.remove_pod_sandbox(cri::RemovePodSandboxRequest { pod_sandbox_id: id })
+            .await
+            .expect("RemovePodSandbox");
+        stop_remove.push(t.elapsed());
+    }
+    summary("crius RunPodSandbox", run);
+    summary("crius StopPodSandbox+Remove", stop_remove);
+    println!(
+        "  crius RSS after {PODS} pods: {} KiB",
+        rss_kib(d.pid().unwrap_or(0))
+    );
 }
