@@ -8,6 +8,7 @@
 pub mod app;
 pub mod cgroups;
 pub mod config;
+pub mod container;
 pub mod error;
 pub mod image;
 pub mod keyed;
