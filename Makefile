@@ -7,12 +7,12 @@ CARGO ?= cargo
 # Test: the fixtures (loopback registry, image tooling) and the reference runtime.
 PACKAGES_RUN   := runc crun containernetworking-plugins iptables iproute2
 PACKAGES_BUILD := protobuf-compiler gcc libc6-dev make
-PACKAGES_TEST  := docker-registry skopeo umoci busybox-static apache2-utils jq curl
+PACKAGES_TEST  := docker-registry skopeo umoci busybox-static apache2-utils jq curl python3-venv
 
 CNI_CONF_DIR ?= /etc/cni/net.d
 RUN_ARGS ?=
 
-.PHONY: help run test lint build build-release deps deps-test install-cni unit e2e bench clean
+.PHONY: help run test lint build build-release deps deps-test install-cni host-setup unit e2e bench clean
 
 help:
 	@echo "make run    install what is missing, build, start crius with the default config"
@@ -42,6 +42,15 @@ build: deps
 build-release: deps
 	$(CARGO) build --release --workspace --bins
 
+# Host quirks of hybrid cgroup machines: crun (1.8) refuses v1/v2 hybrid mode while the hugetlb
+# controller sits on the cgroup2 mount, so bind it to its own v1 hierarchy (idempotent; a no-op
+# on pure v1 or v2 hosts). See docs/containers.md.
+host-setup:
+	@if [ -d /sys/fs/cgroup/unified ] && grep -qw hugetlb /sys/fs/cgroup/unified/cgroup.controllers 2>/dev/null; then \
+	  mkdir -p /sys/fs/cgroup/hugetlb && mount -t cgroup -o hugetlb cgroup /sys/fs/cgroup/hugetlb && \
+	  echo "mounted the hugetlb controller as cgroup v1 (crun hybrid mode)"; \
+	fi
+
 # Installs the default CNI network unless the conf dir already holds one.
 install-cni:
 	@mkdir -p $(CNI_CONF_DIR)
@@ -51,17 +60,18 @@ install-cni:
 	  install -m 0644 cni/conf/10-crius-bridge.conflist $(CNI_CONF_DIR)/ && echo "installed $(CNI_CONF_DIR)/10-crius-bridge.conflist"; \
 	fi
 
-run: build-release install-cni
+run: build-release install-cni host-setup
 	./target/release/crius $(RUN_ARGS)
 
 unit: build
 	$(CARGO) test --workspace --exclude crius-e2e
 
-e2e: deps-test build
+e2e: deps-test build host-setup
 	$(CARGO) test -p crius-e2e
 
-test: deps-test build
+test: deps-test build host-setup
 	$(CARGO) test --workspace
+	$(MAKE) --no-print-directory chart-test
 	$(MAKE) --no-print-directory lint
 
 lint: deps
@@ -73,3 +83,6 @@ bench: build-release
 
 clean:
 	$(CARGO) clean
+
+# make image, payload, dist, install, uninstall, chart-test, chart-readme: see the file.
+include charts/installer/packaging.mk

@@ -18,10 +18,12 @@ use tokio::sync::watch;
 use tokio_stream::wrappers::UnixListenerStream;
 
 use crate::config::{Config, Sources};
+use crate::container::{Containers, Settings as ContainerSettings};
 use crate::error::{Error, Result};
 use crate::image::registry::Credentials;
 use crate::image::Images;
 use crate::metrics::Metrics;
+use crate::runtime::oci::{Monitored, OciRuntime};
 use crate::sandbox::network::CniNetwork;
 use crate::sandbox::{Sandboxes, Settings as SandboxSettings};
 use crate::server::CriService;
@@ -48,6 +50,7 @@ struct State {
     runtime: Arc<Collection<RuntimeState>>,
     images: Images,
     sandboxes: Arc<Sandboxes>,
+    containers: Arc<Containers>,
 }
 
 /// Why a runtime condition is false.
@@ -85,6 +88,11 @@ impl Daemon {
     /// The pod sandbox domain, once restored.
     pub fn sandboxes(&self) -> Result<&Arc<Sandboxes>> {
         Ok(&self.state()?.sandboxes)
+    }
+
+    /// The container domain, once restored.
+    pub fn containers(&self) -> Result<&Arc<Containers>> {
+        Ok(&self.state()?.containers)
     }
 
     /// Re-reads the configuration and applies what can change at runtime (registries).
@@ -136,7 +144,7 @@ impl Daemon {
         let image_config = self.config.image.clone();
         let metrics = self.metrics.clone();
         let config = self.config.clone();
-        let (runtime, report, images, sandboxes, sandbox_report) =
+        let (runtime, report, images, sandboxes, sandbox_report, containers, container_report) =
             tokio::task::spawn_blocking(move || {
                 let (runtime, report) = Collection::<RuntimeState>::open(&root)?;
                 let images = Images::open(&root, &image_config, metrics.clone())?;
@@ -158,19 +166,45 @@ impl Daemon {
                     host_resolv_conf: PathBuf::from("/etc/resolv.conf"),
                 };
                 let (sandboxes, sandbox_report) =
-                    Sandboxes::open(&root, settings, network, cgroups, metrics)?;
-                Ok::<_, Error>((runtime, report, images, sandboxes, sandbox_report))
+                    Sandboxes::open(&root, settings, network, cgroups, metrics.clone())?;
+                let runtimes = runtimes(&config);
+                let container_settings = ContainerSettings {
+                    bundles_dir: config.state.runroot.join("containers"),
+                    monitors_dir: config.state.runroot.join("m"),
+                    storage_dir: root.join("containers"),
+                    links_dir: root.join("l"),
+                    host: crate::container::host::detect(),
+                };
+                let (containers, container_report) = Containers::open(
+                    &root,
+                    container_settings,
+                    runtimes,
+                    sandboxes.clone(),
+                    images.clone(),
+                    metrics,
+                )?;
+                Ok::<_, Error>((
+                    runtime,
+                    report,
+                    images,
+                    sandboxes,
+                    sandbox_report,
+                    containers,
+                    container_report,
+                ))
             })
             .await
             .map_err(|e| Error::Internal(format!("restore task: {e}")))??;
         report.log("runtime");
         sandbox_report.log("sandbox");
+        container_report.log("container");
         if self
             .state
             .set(State {
                 runtime,
                 images,
                 sandboxes,
+                containers,
             })
             .is_err()
         {
@@ -274,6 +308,37 @@ impl Daemon {
             }),
         }
     }
+}
+
+/// One monitored OCI runtime per configured handler.
+fn runtimes(config: &Config) -> std::collections::BTreeMap<String, Arc<dyn OciRuntime>> {
+    config
+        .runtime
+        .handlers
+        .iter()
+        .map(|(name, h)| {
+            let binary = crate::runtime::find_binary(&h.path).unwrap_or_else(|| h.path.clone());
+            let root = if h.root.as_os_str().is_empty() {
+                config.state.runroot.join("runtimes").join(name)
+            } else {
+                h.root.clone()
+            };
+            let monitor = if h.monitor_path.as_os_str().is_empty() {
+                monitor_binary(&config.runtime.monitor_path)
+            } else {
+                monitor_binary(&h.monitor_path)
+            };
+            let rro = crate::runtime::oci::probe_rro(&binary);
+            let rt: Arc<dyn OciRuntime> = Arc::new(Monitored {
+                name: name.clone(),
+                binary,
+                root,
+                monitor,
+                rro,
+            });
+            (name.clone(), rt)
+        })
+        .collect()
 }
 
 /// Resolves the monitor binary: absolute as given; a bare name next to the running `crius`

@@ -32,6 +32,8 @@ pub enum Error {
     AlreadyExists(String),
     #[error("{0}")]
     FailedPrecondition(String),
+    #[error("{0}")]
+    DeadlineExceeded(String),
     /// The RPC belongs to a capability that has not landed yet.
     #[error("{0} is not implemented by crius yet")]
     Unimplemented(&'static str),
@@ -53,6 +55,7 @@ impl Error {
             Error::NotFound(_) => ErrorKind::NotFound,
             Error::AlreadyExists(_) => ErrorKind::AlreadyExists,
             Error::FailedPrecondition(_) => ErrorKind::FailedPrecondition,
+            Error::DeadlineExceeded(_) => ErrorKind::DeadlineExceeded,
             Error::Unimplemented(_) => ErrorKind::Unimplemented,
             Error::Starting => ErrorKind::Unavailable,
             Error::Store(e) => e.kind(),

@@ -35,6 +35,10 @@ pub struct Metrics {
     pub pod_network_setup_seconds: Histogram,
     pub pod_network_teardown_seconds: Histogram,
     pub pods: IntGaugeVec,
+    pub containers: IntGaugeVec,
+    pub containers_oom_total: IntCounter,
+    pub container_create_seconds: Histogram,
+    pub container_start_seconds: Histogram,
 }
 
 /// Buckets for CNI ADD/DEL: from 1 ms to the plugin timeout.
@@ -106,6 +110,35 @@ impl Metrics {
             Opts::new("crius_pods", "Pod sandboxes by state (ready, notready)"),
             &["state"],
         )?;
+        let containers = IntGaugeVec::new(
+            Opts::new(
+                "crius_containers",
+                "Containers by state (created, running, exited)",
+            ),
+            &["state"],
+        )?;
+        let containers_oom_total = IntCounter::new(
+            "crius_containers_oom_total",
+            "Containers whose exit was an OOM kill",
+        )?;
+        let container_create_seconds = Histogram::with_opts(
+            HistogramOpts::new(
+                "crius_container_create_seconds",
+                "CreateContainer duration (rootfs, spec, runtime create), in seconds",
+            )
+            .buckets(NETWORK_BUCKETS.to_vec()),
+        )?;
+        let container_start_seconds = Histogram::with_opts(
+            HistogramOpts::new(
+                "crius_container_start_seconds",
+                "StartContainer duration (runtime start), in seconds",
+            )
+            .buckets(NETWORK_BUCKETS.to_vec()),
+        )?;
+        registry.register(Box::new(containers.clone()))?;
+        registry.register(Box::new(containers_oom_total.clone()))?;
+        registry.register(Box::new(container_create_seconds.clone()))?;
+        registry.register(Box::new(container_start_seconds.clone()))?;
         registry.register(Box::new(pod_network_setup_seconds.clone()))?;
         registry.register(Box::new(pod_network_teardown_seconds.clone()))?;
         registry.register(Box::new(pods.clone()))?;
@@ -128,6 +161,10 @@ impl Metrics {
             pod_network_setup_seconds,
             pod_network_teardown_seconds,
             pods,
+            containers,
+            containers_oom_total,
+            container_create_seconds,
+            container_start_seconds,
         }))
     }
 

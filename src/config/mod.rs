@@ -75,6 +75,16 @@ pub enum CgroupDriver {
 pub struct HandlerConfig {
     /// OCI runtime binary: absolute, or a bare name looked up on `PATH`.
     pub path: PathBuf,
+    /// The runtime's state dir (`--root`); empty: `<runroot>/runtimes/<name>`.
+    #[serde(default, skip_serializing_if = "path_is_empty")]
+    pub root: PathBuf,
+    /// Monitor binary for this handler; empty: `[runtime] monitor_path`.
+    #[serde(default, skip_serializing_if = "path_is_empty")]
+    pub monitor_path: PathBuf,
+}
+
+fn path_is_empty(p: &std::path::Path) -> bool {
+    p.as_os_str().is_empty()
 }
 
 /// `[image]`: pulling and storing images.
@@ -177,6 +187,8 @@ impl Default for RuntimeConfig {
                 name.to_string(),
                 HandlerConfig {
                     path: PathBuf::from(name),
+                    root: PathBuf::new(),
+                    monitor_path: PathBuf::new(),
                 },
             )
         };

@@ -1,6 +1,935 @@
-//! Containers: OCI spec generation now; lifecycle, rootfs and the monitor land with issue 5.
+//! Containers: create (rootfs, OCI spec, monitor), start, stop, remove, status, exec, update,
+//! log reopen, and restart re-adoption.
 //!
-//! Owns the container records and everything under `<runroot>/containers`. Must not build CRI
-//! responses (handlers do).
+//! Owns `<runroot>/containers/<id>` (bundle: `config.json`, `rootfs/`), `<runroot>/m/<short id>`
+//! (the monitor's dir: sockets, pid files, exit record), `<root>/containers/<id>` (overlay upper
+//! and work) and the `container` records. [`Containers`] is the domain API the handlers call.
+//! Must not build CRI responses (handlers do) or build runtime argv (`runtime::oci` does).
+//!
+//! Create runs as one blocking task with a rollback stack (like pods); the record is written
+//! last. The monitor, not the daemon, is the container's parent, so a daemon restart leaves
+//! containers running; exits are learned from the monitor's exit record, lazily on every
+//! status/list/stop.
 
+pub mod host;
+pub mod record;
+pub mod resources;
+pub mod rootfs;
 pub mod spec;
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use k8s_cri::v1 as cri;
+use prost::Message as _;
+
+use crate::error::{Error, Result};
+use crate::image::Images;
+use crate::keyed::KeyedLocks;
+use crate::metrics::Metrics;
+use crate::runtime::monitor;
+use crate::runtime::oci::{CreateRequest, ExecOutput, OciRuntime};
+use crate::sandbox::rollback::Rollback;
+use crate::sandbox::{new_id, SandboxRecord, SandboxState, Sandboxes};
+use crate::store::{Collection, LoadReport};
+pub use record::{ContainerRecord, ContainerState, UserRecord};
+
+/// Paths and host facts the container domain needs.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// `<runroot>/containers`.
+    pub bundles_dir: PathBuf,
+    /// `<runroot>/m`: monitor dirs (kept short for socket paths).
+    pub monitors_dir: PathBuf,
+    /// `<root>/containers`.
+    pub storage_dir: PathBuf,
+    /// `<root>/l`: short links to layer dirs.
+    pub links_dir: PathBuf,
+    pub host: spec::HostView,
+}
+
+/// A `ListContainers` filter.
+#[derive(Debug, Clone, Default)]
+pub struct Filter {
+    pub id: String,
+    pub pod_id: String,
+    pub state: Option<ContainerState>,
+    pub labels: HashMap<String, String>,
+}
+
+pub struct Containers {
+    records: Arc<Collection<ContainerRecord>>,
+    runtimes: BTreeMap<String, Arc<dyn OciRuntime>>,
+    sandboxes: Arc<Sandboxes>,
+    images: Images,
+    settings: Settings,
+    metrics: Arc<Metrics>,
+    names: Mutex<HashMap<String, String>>,
+    creating: KeyedLocks,
+    locks: KeyedLocks,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    match m.lock() {
+        Ok(g) => g,
+        Err(poisoned) => poisoned.into_inner(),
+    }
+}
+
+fn now_ns() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as i64)
+        .unwrap_or(0)
+}
+
+fn join_err(e: tokio::task::JoinError) -> Error {
+    Error::Internal(format!("container task failed: {e}"))
+}
+
+fn io_err<'a>(what: &str, path: &'a Path) -> impl FnOnce(std::io::Error) -> Error + 'a {
+    let what = what.to_string();
+    move |e| Error::Internal(format!("{what} {}: {e}", path.display()))
+}
+
+fn b64(bytes: Vec<u8>) -> String {
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+fn unb64<M: prost::Message + Default>(s: &str) -> M {
+    base64::engine::general_purpose::STANDARD
+        .decode(s)
+        .ok()
+        .and_then(|b| M::decode(b.as_slice()).ok())
+        .unwrap_or_default()
+}
+
+/// The image config fields a container spec needs.
+fn image_view(config: &serde_json::Value) -> spec::ImageView {
+    let c = &config["config"];
+    let strings = |v: &serde_json::Value| -> Vec<String> {
+        v.as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|s| s.as_str().map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let string = |v: &serde_json::Value| v.as_str().unwrap_or_default().to_string();
+    spec::ImageView {
+        entrypoint: strings(&c["Entrypoint"]),
+        cmd: strings(&c["Cmd"]),
+        env: strings(&c["Env"]),
+        working_dir: string(&c["WorkingDir"]),
+        user: string(&c["User"]),
+        stop_signal: string(&c["StopSignal"]),
+    }
+}
+
+impl Containers {
+    /// Loads records and re-adopts running containers. Blocking.
+    pub fn open(
+        state_root: &Path,
+        settings: Settings,
+        runtimes: BTreeMap<String, Arc<dyn OciRuntime>>,
+        sandboxes: Arc<Sandboxes>,
+        images: Images,
+        metrics: Arc<Metrics>,
+    ) -> Result<(Arc<Self>, LoadReport)> {
+        let (records, report) = Collection::<ContainerRecord>::open(state_root)?;
+        for dir in [
+            &settings.bundles_dir,
+            &settings.monitors_dir,
+            &settings.storage_dir,
+        ] {
+            std::fs::create_dir_all(dir).map_err(io_err("create", dir))?;
+        }
+        let this = Arc::new(Containers {
+            records,
+            runtimes,
+            sandboxes,
+            images,
+            settings,
+            metrics,
+            names: Mutex::new(HashMap::new()),
+            creating: KeyedLocks::default(),
+            locks: KeyedLocks::default(),
+        });
+        for (id, rec) in this.records.list() {
+            lock(&this.names).insert(rec.name_key(), id.clone());
+            if let Err(e) = this.refresh_blocking(&id) {
+                tracing::warn!(container_id = %id, error = %e, "container state refresh failed");
+            }
+        }
+        this.update_gauge();
+        Ok((this, report))
+    }
+
+    fn runtime(&self, handler: &str) -> Result<&Arc<dyn OciRuntime>> {
+        self.runtimes.get(handler).ok_or_else(|| {
+            Error::FailedPrecondition(format!("runtime handler {handler:?} is not configured"))
+        })
+    }
+
+    /// Resolves an id or a unique prefix.
+    pub fn resolve(&self, id: &str) -> Result<Arc<ContainerRecord>> {
+        if id.is_empty() {
+            return Err(Error::InvalidArgument("container id is required".into()));
+        }
+        if let Some(rec) = self.records.get(id) {
+            return Ok(rec);
+        }
+        let mut matches = self
+            .records
+            .list()
+            .into_iter()
+            .filter(|(k, _)| k.starts_with(id));
+        match (matches.next(), matches.next()) {
+            (Some((_, rec)), None) => Ok(rec),
+            (Some(_), Some(_)) => Err(Error::InvalidArgument(format!(
+                "container id prefix {id:?} is ambiguous"
+            ))),
+            _ => Err(Error::NotFound(format!("container {id:?} not found"))),
+        }
+    }
+
+    /// The record after learning about an exit, if any.
+    pub async fn status(self: &Arc<Self>, id: &str) -> Result<Arc<ContainerRecord>> {
+        let rec = self.resolve(id)?;
+        if rec.state == ContainerState::Exited {
+            return Ok(rec);
+        }
+        let this = self.clone();
+        let id = rec.id.clone();
+        tokio::task::spawn_blocking(move || this.refresh_blocking(&id))
+            .await
+            .map_err(join_err)?
+    }
+
+    pub async fn list(self: &Arc<Self>, filter: &Filter) -> Result<Vec<Arc<ContainerRecord>>> {
+        let candidates: Vec<Arc<ContainerRecord>> = if filter.id.is_empty() {
+            self.records.list().into_iter().map(|(_, r)| r).collect()
+        } else {
+            self.resolve(&filter.id)
+                .map(|r| vec![r])
+                .unwrap_or_default()
+        };
+        // Learn about exits first (cheap: one stat per live container).
+        let live: Vec<String> = candidates
+            .iter()
+            .filter(|r| r.state != ContainerState::Exited)
+            .map(|r| r.id.clone())
+            .collect();
+        if !live.is_empty() {
+            let this = self.clone();
+            tokio::task::spawn_blocking(move || {
+                for id in live {
+                    let _ = this.refresh_blocking(&id);
+                }
+            })
+            .await
+            .map_err(join_err)?;
+        }
+        let mut out: Vec<Arc<ContainerRecord>> = candidates
+            .iter()
+            .filter_map(|r| self.records.get(&r.id))
+            .filter(|r| filter.pod_id.is_empty() || r.pod_id.starts_with(&filter.pod_id))
+            .filter(|r| filter.state.is_none_or(|s| s == r.state))
+            .filter(|r| {
+                filter
+                    .labels
+                    .iter()
+                    .all(|(k, v)| r.labels.get(k) == Some(v))
+            })
+            .collect();
+        out.sort_by_key(|r| r.created_at);
+        Ok(out)
+    }
+
+    /// Whether `handler` supports recursive read-only mounts (reported in `Status`).
+    pub fn handler_supports_rro(&self, handler: &str) -> bool {
+        self.runtimes.get(handler).is_some_and(|r| r.supports_rro())
+    }
+
+    /// Ids of the containers of a pod.
+    pub fn in_pod(&self, pod_id: &str) -> Vec<String> {
+        self.records
+            .list()
+            .into_iter()
+            .filter(|(_, r)| r.pod_id == pod_id)
+            .map(|(id, _)| id)
+            .collect()
+    }
+
+    /// Whether any container uses the image `image_id` (for RemoveImage).
+    pub fn image_in_use(&self, image_id: &str) -> Option<String> {
+        self.records
+            .list()
+            .into_iter()
+            .find(|(_, r)| r.image_id == image_id)
+            .map(|(id, _)| id)
+    }
+
+    /// Learns about an exit from the monitor's exit record (or a monitor that is gone).
+    fn refresh_blocking(&self, id: &str) -> Result<Arc<ContainerRecord>> {
+        let Some(rec) = self.records.get(id) else {
+            return Err(Error::NotFound(format!("container {id:?} not found")));
+        };
+        if rec.state == ContainerState::Exited {
+            return Ok(rec);
+        }
+        let exit = monitor::read_exit(&rec.monitor_dir);
+        let mut next = (*rec).clone();
+        match exit {
+            Some(exit) => {
+                next.state = rec.state.transition(ContainerState::Exited, id)?;
+                next.exit_code = exit.exit_code;
+                next.finished_at = exit.finished_at_ns;
+                next.reason = if exit.oom_killed {
+                    "OOMKilled".into()
+                } else if exit.exit_code == 0 {
+                    "Completed".into()
+                } else {
+                    "Error".into()
+                };
+                if exit.oom_killed {
+                    self.metrics.containers_oom_total.inc();
+                }
+            }
+            None => {
+                if process_alive(rec.monitor_pid) {
+                    return Ok(rec);
+                }
+                // Give a monitor that just exited time to have renamed its exit record.
+                if let Some(exit) = {
+                    std::thread::sleep(Duration::from_millis(20));
+                    monitor::read_exit(&rec.monitor_dir)
+                } {
+                    let _ = exit;
+                    return self.refresh_blocking(id);
+                }
+                next.state = rec.state.transition(ContainerState::Exited, id)?;
+                next.exit_code = 255;
+                next.finished_at = now_ns();
+                next.reason = "Error".into();
+                next.message = "the container's monitor is gone and left no exit record".into();
+            }
+        }
+        let stored = self.records.put(id, next)?;
+        tracing::info!(container_id = %id, exit_code = stored.exit_code, reason = %stored.reason, "container exited");
+        self.update_gauge();
+        Ok(stored)
+    }
+
+    /// CreateContainer.
+    pub async fn create(self: &Arc<Self>, req: cri::CreateContainerRequest) -> Result<String> {
+        let config = req
+            .config
+            .clone()
+            .ok_or_else(|| Error::InvalidArgument("container config is required".into()))?;
+        let meta = config
+            .metadata
+            .clone()
+            .ok_or_else(|| Error::InvalidArgument("container metadata is required".into()))?;
+        if meta.name.is_empty() || meta.name.contains(['/', '\0']) {
+            return Err(Error::InvalidArgument(format!(
+                "container name {:?} is not valid",
+                meta.name
+            )));
+        }
+        let pod = match self.sandboxes.resolve(&req.pod_sandbox_id) {
+            Ok(pod) => pod,
+            Err(Error::NotFound(m)) => return Err(Error::NotFound(m)),
+            Err(e) => return Err(e),
+        };
+        if pod.state != SandboxState::Ready {
+            return Err(Error::FailedPrecondition(format!(
+                "pod sandbox {} is not ready",
+                pod.id
+            )));
+        }
+        let image_name = config
+            .image
+            .as_ref()
+            .map(|i| i.image.clone())
+            .unwrap_or_default();
+        if image_name.is_empty() {
+            return Err(Error::InvalidArgument("container image is required".into()));
+        }
+        let image = self
+            .images
+            .lookup(&image_name)
+            .ok_or_else(|| Error::NotFound(format!("image {image_name:?} not found")))?;
+        let key = record::name_key(&pod.id, &meta.name, meta.attempt);
+        let this = self.clone();
+        tokio::spawn(async move {
+            let _held = this.creating.lock(&key).await;
+            if let Some(existing) = lock(&this.names).get(&key).cloned() {
+                return Err(Error::AlreadyExists(format!(
+                    "container {:?} (attempt {}) already exists in pod sandbox {} as {existing}",
+                    meta.name, meta.attempt, pod.id
+                )));
+            }
+            let started = Instant::now();
+            let worker = this.clone();
+            let rec =
+                tokio::task::spawn_blocking(move || worker.create_blocking(&pod, config, &image))
+                    .await
+                    .map_err(join_err)??;
+            this.metrics
+                .container_create_seconds
+                .observe(started.elapsed().as_secs_f64());
+            lock(&this.names).insert(key, rec.id.clone());
+            this.update_gauge();
+            Ok(rec.id.clone())
+        })
+        .await
+        .map_err(join_err)?
+    }
+
+    fn create_blocking(
+        &self,
+        pod: &SandboxRecord,
+        config: cri::ContainerConfig,
+        image: &crate::image::store::ImageRecord,
+    ) -> Result<Arc<ContainerRecord>> {
+        let mut undo = Rollback::new();
+        let result = self.create_steps(pod, config, image, &mut undo);
+        if result.is_ok() {
+            undo.disarm();
+        }
+        result
+    }
+
+    fn create_steps(
+        &self,
+        pod: &SandboxRecord,
+        config: cri::ContainerConfig,
+        image: &crate::image::store::ImageRecord,
+        undo: &mut Rollback,
+    ) -> Result<Arc<ContainerRecord>> {
+        let runtime = self.runtime(&pod.spec.runtime_handler)?.clone();
+        if let Some(m) = config.mounts.iter().find(|m| m.recursive_read_only) {
+            if !runtime.supports_rro() {
+                return Err(Error::InvalidArgument(format!(
+                    "mount {}: recursive read-only mounts are not supported by runtime handler {:?}",
+                    m.container_path,
+                    runtime.name()
+                )));
+            }
+        }
+        let id = new_id()?;
+        let meta = config.metadata.clone().unwrap_or_default();
+
+        // Directories: bundle, monitor dir (short), storage.
+        let bundle = self.settings.bundles_dir.join(&id);
+        let monitor_dir = self.settings.monitors_dir.join(&id[..12]);
+        let storage = self.settings.storage_dir.join(&id);
+        for dir in [&bundle, &monitor_dir, &storage] {
+            std::fs::create_dir(dir).map_err(io_err("create", dir))?;
+            let d = dir.clone();
+            undo.push("remove container dir", move || {
+                std::fs::remove_dir_all(&d).or_else(|e| {
+                    if e.kind() == std::io::ErrorKind::NotFound {
+                        Ok(())
+                    } else {
+                        Err(format!("{}: {e}", d.display()))
+                    }
+                })
+            });
+        }
+
+        // Rootfs.
+        let lowers = self.images.store.lower_dirs(image);
+        let target = bundle.join("rootfs");
+        rootfs::mount(
+            &lowers,
+            &self.settings.links_dir,
+            &storage.join("upper"),
+            &storage.join("work"),
+            &target,
+        )
+        .map_err(io_err("mount rootfs at", &target))?;
+        {
+            let t = target.clone();
+            undo.push("unmount rootfs", move || {
+                rootfs::unmount(&t).map_err(|e| e.to_string())
+            });
+        }
+
+        // The OCI spec.
+        let pod_config: cri::PodSandboxConfig = unb64(&pod.config_pb);
+        let view = image_view(&image.config);
+        let seccomp_localhost = localhost_seccomp(&config, &pod_config)?;
+        let target_pidns = self.target_pidns(&config)?;
+        let mut host = self.settings.host.clone();
+        let privileged = config
+            .linux
+            .as_ref()
+            .and_then(|l| l.security_context.as_ref())
+            .is_some_and(|s| s.privileged);
+        if privileged || !config.devices.is_empty() {
+            host.devices = host::host_devices();
+        }
+        let input = spec::SpecInput {
+            container_id: &id,
+            config: &config,
+            pod: spec::PodView {
+                sandbox_id: &pod.id,
+                config: &pod_config,
+                netns: pod.ns_path("net"),
+                ipcns: pod.ns_path("ipc"),
+                utsns: pod.ns_path("uts"),
+                pidns: pod
+                    .infra
+                    .as_ref()
+                    .map(|i| PathBuf::from(format!("/proc/{}/ns/pid", i.pid))),
+                hostname: pod.spec.hostname.clone(),
+                resolv_conf: Some(pod.run_dir.join("resolv.conf")),
+                hosts: Some(pod.run_dir.join("hosts")),
+                hostname_file: Some(pod.run_dir.join("hostname")),
+                shm: pod
+                    .spec
+                    .namespaces
+                    .ipc
+                    .ne(&crate::sandbox::record::NsMode::Node)
+                    .then(|| pod.shm_path()),
+                cgroup_parent: pod.spec.cgroup_parent.clone(),
+            },
+            image: &view,
+            rootfs: target.clone(),
+            etc_passwd: rootfs::read_small(&target, "etc/passwd"),
+            etc_group: rootfs::read_small(&target, "etc/group"),
+            seccomp_localhost,
+            target_pidns,
+            host: &host,
+        };
+        let generated = spec::generate(&input).map_err(Error::from)?;
+        for m in &config.mounts {
+            if !Path::new(&m.host_path).exists() {
+                return Err(Error::InvalidArgument(format!(
+                    "mount {}: host path {:?} does not exist",
+                    m.container_path, m.host_path
+                )));
+            }
+        }
+        let spec_json = serde_json::to_vec_pretty(&generated.spec)
+            .map_err(|e| Error::Internal(format!("encode OCI spec: {e}")))?;
+        let config_path = bundle.join("config.json");
+        std::fs::write(&config_path, spec_json).map_err(io_err("write", &config_path))?;
+
+        // The CRI log file.
+        let log_path = if pod.spec.log_directory.is_empty() || config.log_path.is_empty() {
+            monitor_dir.join("container.log")
+        } else {
+            Path::new(&pod.spec.log_directory).join(&config.log_path)
+        };
+        if let Some(parent) = log_path.parent() {
+            std::fs::create_dir_all(parent).map_err(io_err("create log dir", parent))?;
+        }
+
+        // Create through the monitor.
+        let created = runtime
+            .create(&CreateRequest {
+                id: &id,
+                bundle: &bundle,
+                monitor_dir: &monitor_dir,
+                log_path: &log_path,
+                terminal: config.tty,
+                stdin: config.stdin,
+                stdin_once: config.stdin_once,
+            })
+            .map_err(|e| Error::Internal(e.to_string()))?;
+        {
+            let (rt, cid) = (runtime.clone(), id.clone());
+            undo.push("delete runtime container", move || {
+                rt.delete(&cid).map_err(|e| e.to_string())
+            });
+        }
+
+        let user = UserRecord {
+            uid: generated.user.uid,
+            gid: generated.user.gid,
+            supplemental_groups: generated.user.additional_gids.clone(),
+        };
+        let resources = config
+            .linux
+            .as_ref()
+            .and_then(|l| l.resources.clone())
+            .unwrap_or_default();
+        let rec = ContainerRecord {
+            id: id.clone(),
+            pod_id: pod.id.clone(),
+            name: meta.name.clone(),
+            attempt: meta.attempt,
+            image: config
+                .image
+                .as_ref()
+                .map(|i| i.image.clone())
+                .unwrap_or_default(),
+            image_id: image.id.clone(),
+            image_ref: image
+                .repo_digests
+                .first()
+                .cloned()
+                .unwrap_or_else(|| image.id.clone()),
+            state: ContainerState::Created,
+            created_at: now_ns(),
+            started_at: 0,
+            finished_at: 0,
+            exit_code: 0,
+            reason: String::new(),
+            message: String::new(),
+            pid: created.pid,
+            monitor_pid: created.monitor_pid,
+            runtime_handler: pod.spec.runtime_handler.clone(),
+            bundle,
+            monitor_dir,
+            storage,
+            log_path,
+            labels: config.labels.clone().into_iter().collect(),
+            annotations: config.annotations.clone().into_iter().collect(),
+            user,
+            stop_signal: generated.stop_signal,
+            tty: config.tty,
+            config_pb: b64(config.encode_to_vec()),
+            resources_pb: b64(resources.encode_to_vec()),
+        };
+        let stored = self.records.put(&id, rec)?;
+        tracing::info!(container_id = %id, pod_id = %pod.id, pid = created.pid, "container created");
+        Ok(stored)
+    }
+
+    fn target_pidns(&self, config: &cri::ContainerConfig) -> Result<Option<PathBuf>> {
+        let ns = config
+            .linux
+            .as_ref()
+            .and_then(|l| l.security_context.as_ref())
+            .and_then(|s| s.namespace_options.as_ref());
+        let Some(ns) = ns else { return Ok(None) };
+        if ns.pid != cri::NamespaceMode::Target as i32 {
+            return Ok(None);
+        }
+        let target = self.resolve(&ns.target_id).map_err(|_| {
+            Error::NotFound(format!(
+                "target container {:?} of the pid namespace not found",
+                ns.target_id
+            ))
+        })?;
+        Ok(Some(PathBuf::from(format!("/proc/{}/ns/pid", target.pid))))
+    }
+
+    /// StartContainer.
+    pub async fn start(self: &Arc<Self>, id: &str) -> Result<()> {
+        let rec = self.resolve(id)?;
+        let _held = self.locks.lock(&rec.id).await;
+        let rec = self.resolve(&rec.id)?;
+        if rec.state != ContainerState::Created {
+            return Err(Error::FailedPrecondition(format!(
+                "container {} is {}, not created",
+                rec.id,
+                rec.state.name()
+            )));
+        }
+        let runtime = self.runtime(&rec.runtime_handler)?.clone();
+        let this = self.clone();
+        let started = Instant::now();
+        tokio::task::spawn_blocking(move || {
+            runtime.start(&rec.id)?;
+            let mut next = (*rec).clone();
+            next.state = rec.state.transition(ContainerState::Running, &rec.id)?;
+            next.started_at = now_ns();
+            this.records.put(&rec.id, next)?;
+            tracing::info!(container_id = %rec.id, "container started");
+            Ok::<_, Error>(())
+        })
+        .await
+        .map_err(join_err)??;
+        self.metrics
+            .container_start_seconds
+            .observe(started.elapsed().as_secs_f64());
+        self.update_gauge();
+        Ok(())
+    }
+
+    /// StopContainer: the stop signal, `timeout` to exit, then SIGKILL. Missing or stopped
+    /// containers succeed.
+    pub async fn stop(self: &Arc<Self>, id: &str, timeout: Duration) -> Result<()> {
+        let rec = match self.resolve(id) {
+            Ok(rec) => rec,
+            Err(Error::NotFound(_)) => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        let _held = self.locks.lock(&rec.id).await;
+        let this = self.clone();
+        let id = rec.id.clone();
+        tokio::task::spawn_blocking(move || this.stop_blocking(&id, timeout))
+            .await
+            .map_err(join_err)??;
+        self.update_gauge();
+        Ok(())
+    }
+
+    fn stop_blocking(&self, id: &str, timeout: Duration) -> Result<()> {
+        let rec = self.refresh_blocking(id)?;
+        if rec.state == ContainerState::Exited {
+            return Ok(());
+        }
+        let runtime = self.runtime(&rec.runtime_handler)?.clone();
+        if rec.state == ContainerState::Created {
+            // Never started: nothing runs but the init waiting for start; kill it.
+            let _ = runtime.kill(id, SIGKILL, true);
+            self.wait_exit(&rec, Duration::from_secs(10));
+            self.refresh_blocking(id)?;
+            return Ok(());
+        }
+        if !timeout.is_zero() {
+            if let Err(e) = runtime.kill(id, rec.stop_signal, false) {
+                tracing::debug!(container_id = %id, error = %e, "stop signal not delivered");
+            }
+            if self.wait_exit(&rec, timeout) {
+                self.refresh_blocking(id)?;
+                return Ok(());
+            }
+        }
+        if let Err(e) = runtime.kill(id, SIGKILL, true) {
+            tracing::debug!(container_id = %id, error = %e, "SIGKILL not delivered");
+        }
+        if !self.wait_exit(&rec, Duration::from_secs(10)) {
+            return Err(Error::DeadlineExceeded(format!(
+                "container {id} did not exit after SIGKILL"
+            )));
+        }
+        self.refresh_blocking(id)?;
+        tracing::info!(container_id = %id, "container stopped");
+        Ok(())
+    }
+
+    /// Waits for the monitor's exit record (or the monitor to be gone).
+    fn wait_exit(&self, rec: &ContainerRecord, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if monitor::read_exit(&rec.monitor_dir).is_some() || !process_alive(rec.monitor_pid) {
+                return true;
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// RemoveContainer: kills a running container first; missing containers succeed.
+    pub async fn remove(self: &Arc<Self>, id: &str) -> Result<()> {
+        let rec = match self.resolve(id) {
+            Ok(rec) => rec,
+            Err(Error::NotFound(_)) => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        let _held = self.locks.lock(&rec.id).await;
+        let this = self.clone();
+        let id = rec.id.clone();
+        tokio::task::spawn_blocking(move || {
+            this.stop_blocking(&id, Duration::ZERO)?;
+            this.remove_blocking(&id)
+        })
+        .await
+        .map_err(join_err)??;
+        self.update_gauge();
+        Ok(())
+    }
+
+    fn remove_blocking(&self, id: &str) -> Result<()> {
+        let Some(rec) = self.records.get(id) else {
+            return Ok(());
+        };
+        let runtime = self.runtime(&rec.runtime_handler)?.clone();
+        runtime.delete(id).map_err(Error::from)?;
+        if process_alive(rec.monitor_pid) {
+            kill_pid(rec.monitor_pid);
+        }
+        rootfs::unmount(&rec.rootfs()).map_err(io_err("unmount", &rec.rootfs()))?;
+        for dir in [&rec.bundle, &rec.monitor_dir, &rec.storage] {
+            match std::fs::remove_dir_all(dir) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(io_err("remove", dir)(e)),
+            }
+        }
+        self.records.remove(id)?;
+        lock(&self.names).remove(&rec.name_key());
+        tracing::info!(container_id = %id, "container removed");
+        Ok(())
+    }
+
+    /// Stops every container of a pod (StopPodSandbox).
+    pub async fn stop_pod(self: &Arc<Self>, pod_id: &str) -> Result<()> {
+        for id in self.in_pod(pod_id) {
+            self.stop(&id, Duration::ZERO).await?;
+        }
+        Ok(())
+    }
+
+    /// Removes every container of a pod (RemovePodSandbox).
+    pub async fn remove_pod(self: &Arc<Self>, pod_id: &str) -> Result<()> {
+        for id in self.in_pod(pod_id) {
+            self.remove(&id).await?;
+        }
+        Ok(())
+    }
+
+    /// ExecSync.
+    pub async fn exec_sync(
+        self: &Arc<Self>,
+        id: &str,
+        cmd: &[String],
+        timeout: Option<Duration>,
+    ) -> Result<ExecOutput> {
+        if cmd.is_empty() {
+            return Err(Error::InvalidArgument("exec command is required".into()));
+        }
+        let rec = self.status(id).await?;
+        if rec.state != ContainerState::Running {
+            return Err(Error::FailedPrecondition(format!(
+                "container {} is {}, not running",
+                rec.id,
+                rec.state.name()
+            )));
+        }
+        let runtime = self.runtime(&rec.runtime_handler)?.clone();
+        let pid_file = rec.monitor_dir.join(format!(
+            "exec-{}.pid",
+            new_id().map(|s| s[..12].to_string())?
+        ));
+        let command = runtime.exec_command(&rec.id, &pid_file, cmd, false);
+        let result = crate::runtime::oci::exec_sync(&rec.id, command, &pid_file, timeout).await;
+        let _ = std::fs::remove_file(&pid_file);
+        Ok(result?)
+    }
+
+    /// UpdateContainerResources.
+    pub async fn update(
+        self: &Arc<Self>,
+        id: &str,
+        resources: cri::LinuxContainerResources,
+    ) -> Result<()> {
+        let rec = self.status(id).await?;
+        let _held = self.locks.lock(&rec.id).await;
+        if rec.state == ContainerState::Exited {
+            return Err(Error::FailedPrecondition(format!(
+                "container {} has exited",
+                rec.id
+            )));
+        }
+        let runtime = self.runtime(&rec.runtime_handler)?.clone();
+        let json = resources::resources_json(&resources, self.settings.host.cgroup_v2);
+        let this = self.clone();
+        tokio::task::spawn_blocking(move || {
+            runtime.update(&rec.id, &json)?;
+            let mut next = (*rec).clone();
+            next.resources_pb = b64(resources.encode_to_vec());
+            this.records.put(&rec.id, next)?;
+            Ok::<_, Error>(())
+        })
+        .await
+        .map_err(join_err)?
+    }
+
+    /// ReopenContainerLog.
+    pub async fn reopen_log(self: &Arc<Self>, id: &str) -> Result<()> {
+        let rec = self.status(id).await?;
+        if rec.state != ContainerState::Running {
+            return Err(Error::FailedPrecondition(format!(
+                "container {} is not running",
+                rec.id
+            )));
+        }
+        let dir = rec.monitor_dir.clone();
+        tokio::task::spawn_blocking(move || monitor::reopen_log(&dir))
+            .await
+            .map_err(join_err)?
+            .map_err(|e| Error::Internal(format!("reopen log of container {}: {e}", rec.id)))
+    }
+
+    fn update_gauge(&self) {
+        let mut counts = [0i64; 3];
+        for (_, r) in self.records.list() {
+            counts[r.state as usize] += 1;
+        }
+        for (state, n) in [
+            ContainerState::Created,
+            ContainerState::Running,
+            ContainerState::Exited,
+        ]
+        .iter()
+        .zip(counts)
+        {
+            self.metrics
+                .containers
+                .with_label_values(&[state.name()])
+                .set(n);
+        }
+    }
+}
+
+/// The CRI config a record was created from.
+pub fn config_of(rec: &ContainerRecord) -> cri::ContainerConfig {
+    unb64(&rec.config_pb)
+}
+
+/// The resources a record currently has.
+pub fn resources_of(rec: &ContainerRecord) -> cri::LinuxContainerResources {
+    unb64(&rec.resources_pb)
+}
+
+fn localhost_seccomp(
+    config: &cri::ContainerConfig,
+    pod: &cri::PodSandboxConfig,
+) -> Result<Option<String>> {
+    let sc = config
+        .linux
+        .as_ref()
+        .and_then(|l| l.security_context.as_ref());
+    let profile = sc
+        .and_then(|s| s.seccomp.as_ref())
+        .filter(|p| p.profile_type == cri::security_profile::ProfileType::Localhost as i32);
+    let path = match profile {
+        Some(p) => p.localhost_ref.clone(),
+        None => {
+            #[allow(deprecated)]
+            let legacy = sc
+                .map(|s| s.seccomp_profile_path.clone())
+                .unwrap_or_default();
+            match legacy.strip_prefix("localhost/") {
+                Some(p) => p.to_string(),
+                None => return Ok(None),
+            }
+        }
+    };
+    let _ = pod;
+    std::fs::read_to_string(&path)
+        .map(Some)
+        .map_err(|e| Error::InvalidArgument(format!("seccomp localhost profile {path:?}: {e}")))
+}
+
+const SIGKILL: i32 = 9;
+
+fn process_alive(pid: u32) -> bool {
+    if pid == 0 {
+        return false;
+    }
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(s) => !s.contains(") Z ") && !s.contains(") X "),
+        Err(_) => false,
+    }
+}
+
+fn kill_pid(pid: u32) {
+    if let Some(p) = rustix::process::Pid::from_raw(pid as i32) {
+        let _ = rustix::process::kill_process(p, rustix::process::Signal::KILL);
+    }
+}

@@ -1,7 +1,11 @@
 //! OCI runtimes (runc, crun) per RuntimeClass handler.
 //!
-//! Owns locating runtime binaries now; the `OciRuntime` trait and the monitored implementation
-//! land with containers (issue 5). Must not know CRI types.
+//! Owns locating runtime binaries, the [`oci::OciRuntime`] trait with its monitored
+//! implementation (the only runtime argv builder), and the daemon's side of the monitor
+//! protocol ([`monitor`]). Must not know CRI types.
+
+pub mod monitor;
+pub mod oci;
 
 use std::path::{Path, PathBuf};
 

@@ -86,8 +86,8 @@ fn now_ns() -> i64 {
         .unwrap_or(0)
 }
 
-/// 64 hex characters from the kernel's CSPRNG.
-fn new_id() -> Result<String> {
+/// 64 hex characters from the kernel's CSPRNG (pod and container ids).
+pub fn new_id() -> Result<String> {
     use std::io::Read;
     let mut bytes = [0u8; 32];
     std::fs::File::open("/dev/urandom")

@@ -98,19 +98,22 @@ cri_service! {
     list_pod_sandbox(ListPodSandboxRequest) -> ListPodSandboxResponse, "ListPodSandbox"
         => runtime::list_pod_sandbox::list_pod_sandbox;
     create_container(CreateContainerRequest) -> CreateContainerResponse, "CreateContainer"
-        => unimplemented;
-    start_container(StartContainerRequest) -> StartContainerResponse, "StartContainer" => unimplemented;
-    stop_container(StopContainerRequest) -> StopContainerResponse, "StopContainer" => unimplemented;
+        => runtime::create_container::create_container;
+    start_container(StartContainerRequest) -> StartContainerResponse, "StartContainer"
+        => runtime::start_container::start_container;
+    stop_container(StopContainerRequest) -> StopContainerResponse, "StopContainer"
+        => runtime::stop_container::stop_container;
     remove_container(RemoveContainerRequest) -> RemoveContainerResponse, "RemoveContainer"
-        => unimplemented;
-    list_containers(ListContainersRequest) -> ListContainersResponse, "ListContainers" => unimplemented;
+        => runtime::remove_container::remove_container;
+    list_containers(ListContainersRequest) -> ListContainersResponse, "ListContainers"
+        => runtime::list_containers::list_containers;
     container_status(ContainerStatusRequest) -> ContainerStatusResponse, "ContainerStatus"
-        => unimplemented;
+        => runtime::container_status::container_status;
     update_container_resources(UpdateContainerResourcesRequest) -> UpdateContainerResourcesResponse,
-        "UpdateContainerResources" => unimplemented;
+        "UpdateContainerResources" => runtime::update_container_resources::update_container_resources;
     reopen_container_log(ReopenContainerLogRequest) -> ReopenContainerLogResponse,
-        "ReopenContainerLog" => unimplemented;
-    exec_sync(ExecSyncRequest) -> ExecSyncResponse, "ExecSync" => unimplemented;
+        "ReopenContainerLog" => runtime::reopen_container_log::reopen_container_log;
+    exec_sync(ExecSyncRequest) -> ExecSyncResponse, "ExecSync" => runtime::exec_sync::exec_sync;
     exec(ExecRequest) -> ExecResponse, "Exec" => unimplemented;
     attach(AttachRequest) -> AttachResponse, "Attach" => unimplemented;
     port_forward(PortForwardRequest) -> PortForwardResponse, "PortForward" => unimplemented;

@@ -1,4 +1,5 @@
-//! `RemoveImage`: by id, tag or digest; idempotent; frees layers nobody uses.
+//! `RemoveImage`: by id, tag or digest; idempotent; refused while a container uses the image;
+//! frees layers nobody uses.
 
 use k8s_cri::v1::{RemoveImageRequest, RemoveImageResponse};
 
@@ -9,6 +10,11 @@ pub async fn remove_image(daemon: &Daemon, req: RemoveImageRequest) -> Result<Re
     let query = req.image.map(|i| i.image).unwrap_or_default();
     if query.is_empty() {
         return Err(Error::InvalidArgument("image is empty".into()));
+    }
+    if let Some(image) = daemon.images()?.lookup(&query) {
+        if let Some(container) = daemon.containers()?.image_in_use(&image.id) {
+            return Err(crate::image::ImageError::InUse(query, container).into());
+        }
     }
     daemon.images()?.remove(&query).await?;
     Ok(RemoveImageResponse {})

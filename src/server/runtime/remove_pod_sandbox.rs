@@ -1,4 +1,5 @@
-//! `RemovePodSandbox`: stop if needed, then remove everything of the pod; unknown ids succeed.
+//! `RemovePodSandbox`: remove the pod's containers, stop the pod if needed, then remove
+//! everything of it; unknown ids succeed.
 
 use k8s_cri::v1::{RemovePodSandboxRequest, RemovePodSandboxResponse};
 
@@ -11,6 +12,9 @@ pub async fn remove_pod_sandbox(
 ) -> Result<RemovePodSandboxResponse> {
     if req.pod_sandbox_id.is_empty() {
         return Err(Error::InvalidArgument("pod sandbox id is required".into()));
+    }
+    if let Ok(pod) = daemon.sandboxes()?.resolve(&req.pod_sandbox_id) {
+        daemon.containers()?.remove_pod(&pod.id).await?;
     }
     daemon.sandboxes()?.remove(&req.pod_sandbox_id).await?;
     Ok(RemovePodSandboxResponse {})

@@ -34,9 +34,11 @@ pub async fn status(daemon: &Daemon, req: StatusRequest) -> Result<StatusRespons
         .keys()
         .map(|name| RuntimeHandler {
             name: name.clone(),
-            // Reported only once the capability works end to end (issue 5).
+            // Reported only where the capability works end to end.
             features: Some(RuntimeHandlerFeatures {
-                recursive_read_only_mounts: false,
+                recursive_read_only_mounts: daemon
+                    .containers()
+                    .is_ok_and(|c| c.handler_supports_rro(name)),
                 user_namespaces: false,
             }),
         })

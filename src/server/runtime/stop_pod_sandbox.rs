@@ -1,4 +1,5 @@
-//! `StopPodSandbox`: release the pod's network and namespaces; unknown ids succeed.
+//! `StopPodSandbox`: stop the pod's containers, then release its network and namespaces;
+//! unknown ids succeed.
 
 use k8s_cri::v1::{StopPodSandboxRequest, StopPodSandboxResponse};
 
@@ -11,6 +12,9 @@ pub async fn stop_pod_sandbox(
 ) -> Result<StopPodSandboxResponse> {
     if req.pod_sandbox_id.is_empty() {
         return Err(Error::InvalidArgument("pod sandbox id is required".into()));
+    }
+    if let Ok(pod) = daemon.sandboxes()?.resolve(&req.pod_sandbox_id) {
+        daemon.containers()?.stop_pod(&pod.id).await?;
     }
     daemon.sandboxes()?.stop(&req.pod_sandbox_id).await?;
     Ok(StopPodSandboxResponse {})

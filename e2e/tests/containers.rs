@@ -1,0 +1,740 @@
+//! Containers end to end: the real daemon, real runc and crun through crius-conmon, the busybox
+//! image from the loopback registry fixture, pods on a private CNI bridge.
+#![allow(clippy::unwrap_used)]
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use crius_e2e::daemon::{Daemon, Options};
+use crius_e2e::network::TestNetwork;
+use crius_e2e::{pods, registry};
+use k8s_cri::v1 as cri;
+use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
+use tonic::transport::Channel;
+
+struct Env {
+    d: Daemon,
+    _net: TestNetwork,
+    image: String,
+    logs: tempfile::TempDir,
+}
+
+impl Env {
+    async fn new() -> Env {
+        let fx = registry::shared();
+        let net = TestNetwork::new();
+        let d = Daemon::start_with(Options {
+            extra_config: format!(
+                "[image.registries.\"{}\"]\ninsecure = true\n",
+                fx.registry_addr()
+            ),
+            ..Options::default()
+        })
+        .await;
+        net.install(&d.paths.cni_conf_dir, &[]);
+        let image = fx.busybox_ref();
+        d.image()
+            .await
+            .pull_image(cri::PullImageRequest {
+                image: Some(cri::ImageSpec {
+                    image: image.clone(),
+                    ..Default::default()
+                }),
+                auth: None,
+                sandbox_config: None,
+            })
+            .await
+            .unwrap();
+        Env {
+            d,
+            _net: net,
+            image,
+            logs: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    async fn rt(&self) -> RuntimeServiceClient<Channel> {
+        self.d.runtime().await
+    }
+
+    fn pod_config(&self, name: &str) -> cri::RunPodSandboxRequest {
+        let mut req = pods::pod(name);
+        pods::config(&mut req).log_directory = self.logs.path().join(name).display().to_string();
+        req
+    }
+
+    async fn pod(&self, name: &str) -> (String, cri::PodSandboxConfig) {
+        let req = self.pod_config(name);
+        let config = req.config.clone().unwrap();
+        let id = self
+            .rt()
+            .await
+            .run_pod_sandbox(req)
+            .await
+            .unwrap()
+            .into_inner()
+            .pod_sandbox_id;
+        (id, config)
+    }
+
+    fn ctr(&self, name: &str, cmd: &[&str]) -> cri::ContainerConfig {
+        cri::ContainerConfig {
+            metadata: Some(cri::ContainerMetadata {
+                name: name.into(),
+                attempt: 0,
+            }),
+            image: Some(cri::ImageSpec {
+                image: self.image.clone(),
+                ..Default::default()
+            }),
+            command: cmd.iter().map(|s| s.to_string()).collect(),
+            log_path: format!("{name}.log"),
+            linux: Some(cri::LinuxContainerConfig::default()),
+            ..Default::default()
+        }
+    }
+
+    async fn create(
+        &self,
+        pod: &(String, cri::PodSandboxConfig),
+        config: cri::ContainerConfig,
+    ) -> Result<String, tonic::Status> {
+        self.rt()
+            .await
+            .create_container(cri::CreateContainerRequest {
+                pod_sandbox_id: pod.0.clone(),
+                config: Some(config),
+                sandbox_config: Some(pod.1.clone()),
+            })
+            .await
+            .map(|r| r.into_inner().container_id)
+    }
+
+    async fn run(
+        &self,
+        pod: &(String, cri::PodSandboxConfig),
+        config: cri::ContainerConfig,
+    ) -> String {
+        let id = self.create(pod, config).await.unwrap();
+        self.rt()
+            .await
+            .start_container(cri::StartContainerRequest {
+                container_id: id.clone(),
+            })
+            .await
+            .unwrap();
+        id
+    }
+
+    async fn status(&self, id: &str) -> cri::ContainerStatus {
+        self.rt()
+            .await
+            .container_status(cri::ContainerStatusRequest {
+                container_id: id.into(),
+                verbose: false,
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .status
+            .unwrap()
+    }
+
+    async fn wait_exited(&self, id: &str, timeout: Duration) -> cri::ContainerStatus {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let st = self.status(id).await;
+            if st.state == cri::ContainerState::ContainerExited as i32 {
+                return st;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "container {id} still {}",
+                st.state
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    async fn exec(&self, id: &str, cmd: &[&str], timeout: i64) -> cri::ExecSyncResponse {
+        self.rt()
+            .await
+            .exec_sync(cri::ExecSyncRequest {
+                container_id: id.into(),
+                cmd: cmd.iter().map(|s| s.to_string()).collect(),
+                timeout,
+            })
+            .await
+            .unwrap()
+            .into_inner()
+    }
+
+    /// Output of a one-shot container: runs `cmd`, waits for the exit, returns the log text.
+    async fn output_of(&self, config: cri::ContainerConfig) -> (cri::ContainerStatus, String) {
+        let name = config.metadata.as_ref().unwrap().name.clone();
+        let pod = self.pod(&format!("p-{name}")).await;
+        let id = self.run(&pod, config).await;
+        let st = self.wait_exited(&id, Duration::from_secs(20)).await;
+        let text = log_records(Path::new(&st.log_path))
+            .into_iter()
+            .map(|r| r.2)
+            .collect::<Vec<_>>()
+            .join("\n");
+        (st, text)
+    }
+}
+
+/// `(stream, tag, text)` of every CRI log record.
+fn log_records(path: &Path) -> Vec<(String, String, String)> {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    text.lines()
+        .map(|l| {
+            let mut parts = l.splitn(4, ' ');
+            let ts = parts.next().unwrap_or_default();
+            assert!(ts.ends_with('Z') && ts.contains('T'), "timestamp {ts:?}");
+            (
+                parts.next().unwrap_or_default().to_string(),
+                parts.next().unwrap_or_default().to_string(),
+                parts.next().unwrap_or_default().to_string(),
+            )
+        })
+        .collect()
+}
+
+fn procs_named(needle: &str) -> usize {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter(|e| {
+            std::fs::read(e.path().join("cmdline"))
+                .map(|c| String::from_utf8_lossy(&c).contains(needle))
+                .unwrap_or(false)
+        })
+        .count()
+}
+
+#[tokio::test]
+async fn logs_exit_codes_and_oom() {
+    let env = Env::new().await;
+    let pod = env.pod("logs").await;
+    let id = env
+        .run(
+            &pod,
+            env.ctr(
+                "logger",
+                &[
+                    "sh",
+                    "-c",
+                    "echo to-stdout; echo to-stderr >&2; head -c 40960 /dev/zero | tr '\\0' a; echo; exit 3",
+                ],
+            ),
+        )
+        .await;
+    let st = env.wait_exited(&id, Duration::from_secs(20)).await;
+    assert_eq!(st.exit_code, 3);
+    assert_eq!(st.reason, "Error");
+    assert!(st.finished_at >= st.started_at && st.started_at >= st.created_at);
+    let log = PathBuf::from(&st.log_path);
+    assert_eq!(log, env.logs.path().join("logs/logger.log"));
+    let records = log_records(&log);
+    assert!(
+        records.contains(&("stdout".into(), "F".into(), "to-stdout".into())),
+        "{records:?}"
+    );
+    assert!(records.contains(&("stderr".into(), "F".into(), "to-stderr".into())));
+    let long: Vec<_> = records.iter().filter(|r| r.2.starts_with("aaaa")).collect();
+    assert!(
+        long.len() >= 3,
+        "40 KiB line split into partials: {}",
+        long.len()
+    );
+    assert!(long[..long.len() - 1].iter().all(|r| r.1 == "P"));
+    assert_eq!(long.last().unwrap().1, "F");
+    assert_eq!(long.iter().map(|r| r.2.len()).sum::<usize>(), 40960);
+
+    // exit 0 → Completed.
+    let id = env.run(&pod, env.ctr("ok", &["true"])).await;
+    let st = env.wait_exited(&id, Duration::from_secs(20)).await;
+    assert_eq!((st.exit_code, st.reason.as_str()), (0, "Completed"));
+
+    // 32 MiB limit, 100 MiB allocation → OOMKilled.
+    let mut cfg = env.ctr("hog", &["sh", "-c", "tail /dev/zero"]);
+    cfg.linux.as_mut().unwrap().resources = Some(cri::LinuxContainerResources {
+        memory_limit_in_bytes: 32 << 20,
+        ..Default::default()
+    });
+    let id = env.run(&pod, cfg).await;
+    let st = env.wait_exited(&id, Duration::from_secs(30)).await;
+    assert_eq!(st.reason, "OOMKilled", "{st:?}");
+    assert_eq!(st.exit_code, 137);
+    let (_, metrics) = env.d.http_get("/metrics");
+    assert!(
+        crius_e2e::daemon::metric_value(&metrics, "crius_containers_oom_total").unwrap() >= 1.0
+    );
+}
+
+#[tokio::test]
+async fn stop_escalates_to_sigkill_and_security_settings_apply() {
+    let env = Env::new().await;
+    let pod = env.pod("sec").await;
+    let id = env
+        .run(
+            &pod,
+            env.ctr(
+                "stubborn",
+                &["sh", "-c", "trap '' TERM; while true; do sleep 1; done"],
+            ),
+        )
+        .await;
+    let t = Instant::now();
+    env.rt()
+        .await
+        .stop_container(cri::StopContainerRequest {
+            container_id: id.clone(),
+            timeout: 2,
+        })
+        .await
+        .unwrap();
+    assert!(t.elapsed() < Duration::from_secs(3), "{:?}", t.elapsed());
+    let st = env.status(&id).await;
+    assert_eq!(st.state, cri::ContainerState::ContainerExited as i32);
+    // Stopping again, and stopping a missing container, succeed.
+    for cid in [id.as_str(), "nope"] {
+        env.rt()
+            .await
+            .stop_container(cri::StopContainerRequest {
+                container_id: cid.into(),
+                timeout: 0,
+            })
+            .await
+            .unwrap();
+    }
+
+    // run_as_user 1000.
+    let mut cfg = env.ctr("uid", &["id", "-u"]);
+    cfg.linux.as_mut().unwrap().security_context = Some(cri::LinuxContainerSecurityContext {
+        run_as_user: Some(cri::Int64Value { value: 1000 }),
+        ..Default::default()
+    });
+    let (st, out) = env.output_of(cfg).await;
+    assert_eq!((st.exit_code, out.trim()), (0, "1000"));
+    assert_eq!(st.user.unwrap().linux.unwrap().uid, 1000);
+
+    // drop ALL → CapEff 0; RuntimeDefault seccomp → mode 2.
+    let mut cfg = env.ctr(
+        "caps",
+        &["grep", "-E", "^(CapEff|Seccomp):", "/proc/self/status"],
+    );
+    cfg.linux.as_mut().unwrap().security_context = Some(cri::LinuxContainerSecurityContext {
+        capabilities: Some(cri::Capability {
+            drop_capabilities: vec!["ALL".into()],
+            ..Default::default()
+        }),
+        seccomp: Some(cri::SecurityProfile {
+            profile_type: cri::security_profile::ProfileType::RuntimeDefault as i32,
+            localhost_ref: String::new(),
+        }),
+        ..Default::default()
+    });
+    let (_, out) = env.output_of(cfg).await;
+    assert!(out.contains("CapEff:\t0000000000000000"), "{out}");
+    assert!(out.contains("Seccomp:\t2"), "{out}");
+
+    // Readonly rootfs refuses writes; a read-only hostPath bind is read-only; env and workdir.
+    let host_dir = tempfile::tempdir().unwrap();
+    std::fs::write(host_dir.path().join("data"), "from-host").unwrap();
+    let mut cfg = env.ctr(
+        "ro",
+        &[
+            "sh",
+            "-c",
+            "cat /data/data; touch /x && echo ROOT-WRITABLE; touch /data/y && echo BIND-WRITABLE; echo \"$GREETING\"; pwd",
+        ],
+    );
+    cfg.envs = vec![cri::KeyValue {
+        key: "GREETING".into(),
+        value: "hello env".into(),
+    }];
+    cfg.working_dir = "/tmp".into();
+    cfg.mounts = vec![cri::Mount {
+        container_path: "/data".into(),
+        host_path: host_dir.path().display().to_string(),
+        readonly: true,
+        ..Default::default()
+    }];
+    cfg.linux.as_mut().unwrap().security_context = Some(cri::LinuxContainerSecurityContext {
+        readonly_rootfs: true,
+        ..Default::default()
+    });
+    let (_, out) = env.output_of(cfg).await;
+    assert!(out.contains("from-host"), "{out}");
+    assert!(!out.contains("ROOT-WRITABLE"), "{out}");
+    assert!(!out.contains("BIND-WRITABLE"), "{out}");
+    assert!(out.contains("hello env"), "{out}");
+    assert!(out.contains("/tmp"), "{out}");
+    assert!(!host_dir.path().join("y").exists());
+
+    // A tty container: output through the pty lands in the log.
+    let mut cfg = env.ctr("tty", &["sh", "-c", "tty; echo tty-ok"]);
+    cfg.tty = true;
+    let (st, out) = env.output_of(cfg).await;
+    assert_eq!(st.exit_code, 0, "{out}");
+    assert!(out.contains("/dev/pts/"), "{out}");
+    assert!(out.contains("tty-ok"), "{out}");
+}
+
+#[tokio::test]
+async fn exec_sync_update_resources_and_errors() {
+    let env = Env::new().await;
+    let pod = env.pod("exec").await;
+    let mut cfg = env.ctr("sleeper", &["sleep", "1000"]);
+    cfg.linux.as_mut().unwrap().resources = Some(cri::LinuxContainerResources {
+        memory_limit_in_bytes: 64 << 20,
+        ..Default::default()
+    });
+    let id = env.run(&pod, cfg.clone()).await;
+
+    let out = env
+        .exec(&id, &["sh", "-c", "echo hi; echo oops >&2; exit 4"], 10)
+        .await;
+    assert_eq!(out.stdout, b"hi\n");
+    assert_eq!(out.stderr, b"oops\n");
+    assert_eq!(out.exit_code, 4);
+
+    let t = Instant::now();
+    let err = env
+        .rt()
+        .await
+        .exec_sync(cri::ExecSyncRequest {
+            container_id: id.clone(),
+            cmd: vec!["sleep".into(), "10".into()],
+            timeout: 1,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::DeadlineExceeded, "{err:?}");
+    assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let ps = env.exec(&id, &["ps"], 10).await;
+    let ps = String::from_utf8_lossy(&ps.stdout);
+    assert!(!ps.contains("sleep 10"), "{ps}");
+
+    // UpdateContainerResources: visible in the cgroup and in the status.
+    env.rt()
+        .await
+        .update_container_resources(cri::UpdateContainerResourcesRequest {
+            container_id: id.clone(),
+            linux: Some(cri::LinuxContainerResources {
+                memory_limit_in_bytes: 96 << 20,
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let limit = env
+        .exec(
+            &id,
+            &["cat", "/sys/fs/cgroup/memory/memory.limit_in_bytes"],
+            10,
+        )
+        .await;
+    let host_limit = String::from_utf8_lossy(&limit.stdout).trim().to_string();
+    let st = env.status(&id).await;
+    assert_eq!(
+        st.resources.unwrap().linux.unwrap().memory_limit_in_bytes,
+        96 << 20
+    );
+    if !host_limit.is_empty() {
+        assert_eq!(host_limit, (96u64 << 20).to_string());
+    }
+
+    // Errors: duplicate name → AlreadyExists naming the id; unknown pod → NotFound; image not
+    // present → NotFound; missing host path → InvalidArgument.
+    let err = env.create(&pod, cfg.clone()).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::AlreadyExists);
+    assert!(err.message().contains(&id), "{}", err.message());
+    let err = env
+        .create(&("0".repeat(64), pod.1.clone()), env.ctr("x", &["true"]))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::NotFound);
+    let mut bad = env.ctr("noimage", &["true"]);
+    bad.image = Some(cri::ImageSpec {
+        image: "127.0.0.1:1/not/pulled:1".into(),
+        ..Default::default()
+    });
+    assert_eq!(
+        env.create(&pod, bad).await.unwrap_err().code(),
+        tonic::Code::NotFound
+    );
+    let mut bad = env.ctr("badmount", &["true"]);
+    bad.mounts = vec![cri::Mount {
+        container_path: "/x".into(),
+        host_path: "/nonexistent/crius/path".into(),
+        ..Default::default()
+    }];
+    let err = env.create(&pod, bad).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    assert!(
+        err.message().contains("/nonexistent/crius/path"),
+        "{}",
+        err.message()
+    );
+
+    // RemoveImage is refused while the container exists.
+    let err = env
+        .d
+        .image()
+        .await
+        .remove_image(cri::RemoveImageRequest {
+            image: Some(cri::ImageSpec {
+                image: env.image.clone(),
+                ..Default::default()
+            }),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::FailedPrecondition);
+
+    // Remove of a running container kills it; twice is fine.
+    for _ in 0..2 {
+        env.rt()
+            .await
+            .remove_container(cri::RemoveContainerRequest {
+                container_id: id.clone(),
+            })
+            .await
+            .unwrap();
+    }
+    let listed = env
+        .rt()
+        .await
+        .list_containers(cri::ListContainersRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .containers;
+    assert!(listed.iter().all(|c| c.id != id));
+}
+
+#[tokio::test]
+async fn log_reopen_keeps_every_line_exactly_once() {
+    let env = Env::new().await;
+    let pod = env.pod("rotate").await;
+    let id = env
+        .run(
+            &pod,
+            env.ctr("writer", &["sh", "-c", "sleep 1; seq 1 100000; sleep 1000"]),
+        )
+        .await;
+    let log = PathBuf::from(env.status(&id).await.log_path);
+    let mut rotated = Vec::new();
+    for i in 0..10 {
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        let to = log.with_extension(format!("log.{i}"));
+        if std::fs::rename(&log, &to).is_ok() {
+            rotated.push(to);
+        }
+        env.rt()
+            .await
+            .reopen_container_log(cri::ReopenContainerLogRequest {
+                container_id: id.clone(),
+            })
+            .await
+            .unwrap();
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let mut lines: Vec<u64> = Vec::new();
+        for f in rotated.iter().chain(std::iter::once(&log)) {
+            lines.extend(
+                log_records(f)
+                    .iter()
+                    .filter_map(|r| r.2.parse::<u64>().ok()),
+            );
+        }
+        if lines.len() >= 100_000 || Instant::now() > deadline {
+            lines.sort_unstable();
+            assert_eq!(
+                lines.len(),
+                100_000,
+                "lines across {} files",
+                rotated.len() + 1
+            );
+            assert!(lines.iter().enumerate().all(|(i, n)| *n == i as u64 + 1));
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(rotated.len() >= 5, "only {} renames", rotated.len());
+}
+
+#[tokio::test]
+async fn kill9_leaves_containers_running_and_restart_readopts_them() {
+    let mut env = Env::new().await;
+    let pod = env.pod("durable").await;
+    let mut ids = Vec::new();
+    for i in 0..5 {
+        let cmd = if i == 0 {
+            "sleep 2; exit 7".to_string()
+        } else {
+            "while true; do echo tick; sleep 0.2; done".to_string()
+        };
+        ids.push(
+            env.run(&pod, env.ctr(&format!("c{i}"), &["sh", "-c", &cmd]))
+                .await,
+        );
+    }
+    let log1 = PathBuf::from(env.status(&ids[1]).await.log_path);
+    env.d.kill9();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let before = log_records(&log1).len();
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert!(
+        log_records(&log1).len() > before,
+        "container stopped logging"
+    );
+    env.d.restart().await;
+    let st = env.status(&ids[0]).await;
+    assert_eq!(st.state, cri::ContainerState::ContainerExited as i32);
+    assert_eq!(st.exit_code, 7);
+    for id in &ids[1..] {
+        assert_eq!(
+            env.status(id).await.state,
+            cri::ContainerState::ContainerRunning as i32
+        );
+    }
+    let out = env.exec(&ids[1], &["echo", "still-here"], 10).await;
+    assert_eq!(out.stdout, b"still-here\n");
+    // SIGTERM of the daemon never stops containers either.
+    env.d.terminate(Duration::from_secs(5));
+    env.d.restart().await;
+    assert_eq!(
+        env.status(&ids[2]).await.state,
+        cri::ContainerState::ContainerRunning as i32
+    );
+    let mut rt = env.rt().await;
+    rt.stop_pod_sandbox(cri::StopPodSandboxRequest {
+        pod_sandbox_id: pod.0.clone(),
+    })
+    .await
+    .unwrap();
+    for id in &ids {
+        assert_eq!(
+            env.status(id).await.state,
+            cri::ContainerState::ContainerExited as i32
+        );
+    }
+    rt.remove_pod_sandbox(cri::RemovePodSandboxRequest {
+        pod_sandbox_id: pod.0.clone(),
+    })
+    .await
+    .unwrap();
+    let left = rt
+        .list_containers(cri::ListContainersRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .containers;
+    assert!(left.is_empty(), "{left:?}");
+}
+
+#[tokio::test]
+async fn hundred_containers_leave_nothing_behind_on_runc_and_crun() {
+    let env = Env::new().await;
+    let monitors_before = procs_named("crius-conmon");
+    let mounts = |dir: &Path| crius_e2e::network::mounts_under(dir);
+    for (handler, n) in [("runc", 60), ("crun", 40)] {
+        let mut req = env.pod_config(&format!("many-{handler}"));
+        req.runtime_handler = handler.into();
+        let config = req.config.clone().unwrap();
+        let pod_id = env
+            .rt()
+            .await
+            .run_pod_sandbox(req)
+            .await
+            .unwrap()
+            .into_inner()
+            .pod_sandbox_id;
+        let pod = (pod_id, config);
+        let mut ids = Vec::new();
+        for i in 0..n {
+            ids.push(
+                env.run(&pod, env.ctr(&format!("c{i}"), &["sleep", "1000"]))
+                    .await,
+            );
+        }
+        let listed = env
+            .rt()
+            .await
+            .list_containers(cri::ListContainersRequest {
+                filter: Some(cri::ContainerFilter {
+                    pod_sandbox_id: pod.0.clone(),
+                    state: Some(cri::ContainerStateValue {
+                        state: cri::ContainerState::ContainerRunning as i32,
+                    }),
+                    ..Default::default()
+                }),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .containers;
+        assert_eq!(listed.len(), n, "{handler}");
+        for id in &ids {
+            let mut rt = env.rt().await;
+            rt.stop_container(cri::StopContainerRequest {
+                container_id: id.clone(),
+                timeout: 1,
+            })
+            .await
+            .unwrap();
+            rt.remove_container(cri::RemoveContainerRequest {
+                container_id: id.clone(),
+            })
+            .await
+            .unwrap();
+        }
+        let mut rt = env.rt().await;
+        rt.stop_pod_sandbox(cri::StopPodSandboxRequest {
+            pod_sandbox_id: pod.0.clone(),
+        })
+        .await
+        .unwrap();
+        rt.remove_pod_sandbox(cri::RemovePodSandboxRequest {
+            pod_sandbox_id: pod.0.clone(),
+        })
+        .await
+        .unwrap();
+    }
+    let runroot = &env.d.paths.runroot;
+    assert_eq!(
+        mounts(runroot),
+        0,
+        "mounts left under {}",
+        runroot.display()
+    );
+    assert_eq!(procs_named("crius-conmon"), monitors_before);
+    for dir in ["containers", "m"] {
+        let left = std::fs::read_dir(runroot.join(dir))
+            .map(|e| e.count())
+            .unwrap_or(0);
+        assert_eq!(left, 0, "{dir} entries left");
+    }
+    for handler in ["runc", "crun"] {
+        let state = runroot.join("runtimes").join(handler);
+        let left = std::fs::read_dir(&state).map(|e| e.count()).unwrap_or(0);
+        assert_eq!(left, 0, "{handler} state dirs left");
+    }
+    let zombies = std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter(|e| {
+            std::fs::read_to_string(e.path().join("stat"))
+                .map(|s| s.contains(") Z ") && s.contains("(sleep)"))
+                .unwrap_or(false)
+        })
+        .count();
+    assert_eq!(zombies, 0);
+}

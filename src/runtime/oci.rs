@@ -1,0 +1,455 @@
+//! The OCI runtime boundary: [`OciRuntime`] and its real implementation [`Monitored`] (runc or
+//! crun, with every container created through `crius-conmon`).
+//!
+//! The only place that builds runtime argv. Everything is blocking (callers use
+//! `spawn_blocking`), except [`Monitored::exec_sync`] which is async so that its timeout can
+//! kill what it started without tying up a blocking thread.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use tokio::io::AsyncReadExt;
+
+use crate::error::{Error, ErrorKind};
+
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    #[error("{runtime} {op} {id}: {message}")]
+    Failed {
+        runtime: String,
+        op: &'static str,
+        id: String,
+        message: String,
+    },
+    #[error("{runtime} {op} {id}: container does not exist")]
+    NotFound {
+        runtime: String,
+        op: &'static str,
+        id: String,
+    },
+    #[error("exec in {id} timed out after {timeout:?}")]
+    Timeout { id: String, timeout: Duration },
+    #[error("start {what}: {source}")]
+    Spawn {
+        what: String,
+        source: std::io::Error,
+    },
+}
+
+impl RuntimeError {
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            RuntimeError::NotFound { .. } => ErrorKind::NotFound,
+            RuntimeError::Timeout { .. } => ErrorKind::DeadlineExceeded,
+            RuntimeError::Failed { .. } | RuntimeError::Spawn { .. } => ErrorKind::Internal,
+        }
+    }
+}
+
+impl From<RuntimeError> for Error {
+    fn from(e: RuntimeError) -> Error {
+        match e.kind() {
+            ErrorKind::NotFound => Error::NotFound(e.to_string()),
+            ErrorKind::DeadlineExceeded => Error::DeadlineExceeded(e.to_string()),
+            _ => Error::Internal(e.to_string()),
+        }
+    }
+}
+
+/// What the monitor needs to create a container.
+#[derive(Debug, Clone)]
+pub struct CreateRequest<'a> {
+    pub id: &'a str,
+    pub bundle: &'a Path,
+    /// The monitor's directory (sockets, pid files, exit record).
+    pub monitor_dir: &'a Path,
+    pub log_path: &'a Path,
+    pub terminal: bool,
+    pub stdin: bool,
+    pub stdin_once: bool,
+}
+
+/// A created container: its init pid and its monitor's pid.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Created {
+    pub pid: u32,
+    pub monitor_pid: u32,
+}
+
+/// Output of a synchronous exec.
+#[derive(Debug, Clone, Default)]
+pub struct ExecOutput {
+    pub stdout: Vec<u8>,
+    pub stderr: Vec<u8>,
+    pub exit_code: i32,
+}
+
+/// The most ExecSync keeps of each stream (kubelet's own limit is 16 MiB).
+pub const EXEC_OUTPUT_LIMIT: usize = 16 << 20;
+
+/// An OCI runtime for one RuntimeClass handler.
+pub trait OciRuntime: Send + Sync + 'static {
+    fn name(&self) -> &str;
+    /// Whether the runtime applies the `rro` (recursive read-only) mount option.
+    fn supports_rro(&self) -> bool;
+    /// Creates the container (not started) under a new monitor.
+    fn create(&self, req: &CreateRequest<'_>) -> Result<Created, RuntimeError>;
+    fn start(&self, id: &str) -> Result<(), RuntimeError>;
+    /// Sends `signal` to the container's init (or every process with `all`).
+    fn kill(&self, id: &str, signal: i32, all: bool) -> Result<(), RuntimeError>;
+    /// Deletes the runtime's state of the container; missing is fine.
+    fn delete(&self, id: &str) -> Result<(), RuntimeError>;
+    /// `update --resources -` with the OCI `LinuxResources` JSON.
+    fn update(&self, id: &str, resources: &serde_json::Value) -> Result<(), RuntimeError>;
+    /// The command line of `exec` for `cmd`, with its pid written to `pid_file`.
+    fn exec_command(&self, id: &str, pid_file: &Path, cmd: &[String], tty: bool) -> Command;
+}
+
+/// runc or crun, with containers created through `crius-conmon run`.
+#[derive(Debug, Clone)]
+pub struct Monitored {
+    pub name: String,
+    pub binary: PathBuf,
+    pub root: PathBuf,
+    pub monitor: PathBuf,
+    /// From `<runtime> features` at start (runc ≥ 1.1 lists its mount options; crun 1.8 has no
+    /// `features` command and no `rro`).
+    pub rro: bool,
+}
+
+/// Asks the runtime which mount options it knows (`features`, OCI runtime-spec 1.1). Blocking.
+pub fn probe_rro(binary: &Path) -> bool {
+    Command::new(binary)
+        .arg("features")
+        .stdin(Stdio::null())
+        .stderr(Stdio::null())
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .and_then(|o| serde_json::from_slice::<serde_json::Value>(&o.stdout).ok())
+        .and_then(|v| {
+            v["mountOptions"]
+                .as_array()
+                .map(|opts| opts.iter().any(|o| o == "rro"))
+        })
+        .unwrap_or(false)
+}
+
+impl Monitored {
+    fn base(&self) -> Command {
+        let mut cmd = Command::new(&self.binary);
+        cmd.arg("--root").arg(&self.root);
+        cmd.stdin(Stdio::null());
+        cmd
+    }
+
+    fn run(&self, op: &'static str, id: &str, mut cmd: Command) -> Result<(), RuntimeError> {
+        let out = cmd
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .output()
+            .map_err(|source| RuntimeError::Spawn {
+                what: format!("{} {op}", self.binary.display()),
+                source,
+            })?;
+        if out.status.success() {
+            return Ok(());
+        }
+        let message = String::from_utf8_lossy(&out.stderr).trim().to_string();
+        if message.contains("does not exist") || message.contains("not found") {
+            return Err(RuntimeError::NotFound {
+                runtime: self.name.clone(),
+                op,
+                id: id.to_string(),
+            });
+        }
+        Err(RuntimeError::Failed {
+            runtime: self.name.clone(),
+            op,
+            id: id.to_string(),
+            message: if message.is_empty() {
+                out.status.to_string()
+            } else {
+                message
+            },
+        })
+    }
+}
+
+impl OciRuntime for Monitored {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn supports_rro(&self) -> bool {
+        self.rro
+    }
+
+    fn create(&self, req: &CreateRequest<'_>) -> Result<Created, RuntimeError> {
+        let mut cmd = Command::new(&self.monitor);
+        cmd.arg("run")
+            .arg("--id")
+            .arg(req.id)
+            .arg("--bundle")
+            .arg(req.bundle)
+            .arg("--runtime")
+            .arg(&self.binary)
+            .arg("--runtime-root")
+            .arg(&self.root)
+            .arg("--dir")
+            .arg(req.monitor_dir)
+            .arg("--log-path")
+            .arg(req.log_path);
+        if req.terminal {
+            cmd.arg("--terminal");
+        }
+        if req.stdin {
+            cmd.arg("--stdin");
+        }
+        if req.stdin_once {
+            cmd.arg("--stdin-once");
+        }
+        let mut child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|source| RuntimeError::Spawn {
+                what: format!("monitor {}", self.monitor.display()),
+                source,
+            })?;
+        let mut stdout = String::new();
+        let mut stderr = String::new();
+        if let Some(mut s) = child.stdout.take() {
+            let _ = s.read_to_string(&mut stdout);
+        }
+        if let Some(mut s) = child.stderr.take() {
+            let _ = s.read_to_string(&mut stderr);
+        }
+        let status = child.wait().map_err(|source| RuntimeError::Spawn {
+            what: format!("monitor {}", self.monitor.display()),
+            source,
+        })?;
+        let failed = |message: String| RuntimeError::Failed {
+            runtime: self.name.clone(),
+            op: "create",
+            id: req.id.to_string(),
+            message,
+        };
+        if !status.success() {
+            let msg = stderr.trim();
+            return Err(failed(if msg.is_empty() {
+                format!("monitor exited with {status}")
+            } else {
+                msg.to_string()
+            }));
+        }
+        parse_created(&stdout)
+            .ok_or_else(|| failed(format!("unexpected monitor output {:?}", stdout.trim())))
+    }
+
+    fn start(&self, id: &str) -> Result<(), RuntimeError> {
+        let mut cmd = self.base();
+        cmd.arg("start").arg(id);
+        self.run("start", id, cmd)
+    }
+
+    fn kill(&self, id: &str, signal: i32, all: bool) -> Result<(), RuntimeError> {
+        let mut cmd = self.base();
+        cmd.arg("kill");
+        if all {
+            cmd.arg("--all");
+        }
+        cmd.arg(id).arg(signal.to_string());
+        self.run("kill", id, cmd)
+    }
+
+    fn delete(&self, id: &str) -> Result<(), RuntimeError> {
+        let mut cmd = self.base();
+        cmd.arg("delete").arg("--force").arg(id);
+        match self.run("delete", id, cmd) {
+            Err(RuntimeError::NotFound { .. }) => Ok(()),
+            other => other,
+        }
+    }
+
+    fn update(&self, id: &str, resources: &serde_json::Value) -> Result<(), RuntimeError> {
+        let dir = std::env::temp_dir();
+        let path = dir.join(format!("crius-update-{id}.json"));
+        std::fs::write(&path, resources.to_string()).map_err(|source| RuntimeError::Spawn {
+            what: format!("write {}", path.display()),
+            source,
+        })?;
+        let mut cmd = self.base();
+        cmd.arg("update").arg("--resources").arg(&path).arg(id);
+        let result = self.run("update", id, cmd);
+        let _ = std::fs::remove_file(&path);
+        result
+    }
+
+    fn exec_command(&self, id: &str, pid_file: &Path, cmd: &[String], tty: bool) -> Command {
+        let mut c = self.base();
+        c.arg("exec").arg("--pid-file").arg(pid_file);
+        if tty {
+            c.arg("--tty");
+        }
+        c.arg(id).args(cmd);
+        c
+    }
+}
+
+/// Parses the monitor's `pid=<n> monitor_pid=<m>` line.
+fn parse_created(out: &str) -> Option<Created> {
+    let mut pid = None;
+    let mut monitor_pid = None;
+    for word in out.split_whitespace() {
+        if let Some(v) = word.strip_prefix("pid=") {
+            pid = v.parse().ok();
+        } else if let Some(v) = word.strip_prefix("monitor_pid=") {
+            monitor_pid = v.parse().ok();
+        }
+    }
+    Some(Created {
+        pid: pid?,
+        monitor_pid: monitor_pid?,
+    })
+}
+
+/// Runs `cmd` (an exec of `runtime`) with a timeout, keeping at most [`EXEC_OUTPUT_LIMIT`] of
+/// each stream. On timeout the exec'd process (its pid from `pid_file`) and the runtime's exec
+/// process are killed and [`RuntimeError::Timeout`] returned.
+pub async fn exec_sync(
+    id: &str,
+    cmd: Command,
+    pid_file: &Path,
+    timeout: Option<Duration>,
+) -> Result<ExecOutput, RuntimeError> {
+    let mut cmd = tokio::process::Command::from(cmd);
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    let mut child = cmd.spawn().map_err(|source| RuntimeError::Spawn {
+        what: format!("exec in {id}"),
+        source,
+    })?;
+    let mut out = child.stdout.take();
+    let mut err = child.stderr.take();
+    let work = async {
+        let read_out = read_bounded(out.as_mut());
+        let read_err = read_bounded(err.as_mut());
+        let (stdout, stderr) = tokio::join!(read_out, read_err);
+        let status = child.wait().await;
+        (stdout, stderr, status)
+    };
+    let result = match timeout {
+        Some(t) => tokio::time::timeout(t, work).await.ok(),
+        None => Some(work.await),
+    };
+    match result {
+        Some((stdout, stderr, status)) => {
+            let status = status.map_err(|source| RuntimeError::Spawn {
+                what: format!("exec in {id}"),
+                source,
+            })?;
+            use std::os::unix::process::ExitStatusExt;
+            let exit_code = status
+                .code()
+                .or_else(|| status.signal().map(|s| 128 + s))
+                .unwrap_or(-1);
+            Ok(ExecOutput {
+                stdout,
+                stderr,
+                exit_code,
+            })
+        }
+        None => {
+            if let Some(pid) = std::fs::read_to_string(pid_file)
+                .ok()
+                .and_then(|s| s.trim().parse::<i32>().ok())
+                .and_then(rustix::process::Pid::from_raw)
+            {
+                let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+            }
+            Err(RuntimeError::Timeout {
+                id: id.to_string(),
+                timeout: timeout.unwrap_or_default(),
+            })
+        }
+    }
+}
+
+async fn read_bounded<R: tokio::io::AsyncRead + Unpin>(stream: Option<&mut R>) -> Vec<u8> {
+    let Some(stream) = stream else {
+        return Vec::new();
+    };
+    let mut kept = Vec::new();
+    let mut buf = [0u8; 8192];
+    loop {
+        match stream.read(&mut buf).await {
+            Ok(0) | Err(_) => return kept,
+            Ok(n) => {
+                let room = EXEC_OUTPUT_LIMIT.saturating_sub(kept.len());
+                kept.extend_from_slice(&buf[..n.min(room)]);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn monitor_output_parses() {
+        assert_eq!(
+            parse_created("pid=42 monitor_pid=41\n"),
+            Some(Created {
+                pid: 42,
+                monitor_pid: 41
+            })
+        );
+        assert_eq!(parse_created("pid=42"), None);
+        assert_eq!(parse_created("garbage"), None);
+    }
+
+    #[tokio::test]
+    async fn exec_sync_times_out_and_kills_what_it_started() {
+        let dir = tempfile::tempdir().unwrap();
+        let pid_file = dir.path().join("pid");
+        let mut cmd = Command::new("sh");
+        cmd.arg("-c")
+            .arg(format!("echo $$ > {}; exec sleep 30", pid_file.display()));
+        let started = std::time::Instant::now();
+        let err = exec_sync("c1", cmd, &pid_file, Some(Duration::from_millis(300)))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, RuntimeError::Timeout { .. }), "{err}");
+        assert!(started.elapsed() < Duration::from_secs(3));
+        let pid: u32 = std::fs::read_to_string(&pid_file)
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(100));
+        let alive = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .map(|s| !s.contains(") Z "))
+            .unwrap_or(false);
+        assert!(!alive, "sleep {pid} survived the timeout");
+    }
+
+    #[tokio::test]
+    async fn exec_sync_returns_output_and_code() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cmd = Command::new("sh");
+        cmd.arg("-c").arg("echo out; echo err >&2; exit 3");
+        let out = exec_sync("c1", cmd, &dir.path().join("pid"), None)
+            .await
+            .unwrap();
+        assert_eq!(out.stdout, b"out\n");
+        assert_eq!(out.stderr, b"err\n");
+        assert_eq!(out.exit_code, 3);
+    }
+}
