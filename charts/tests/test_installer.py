@@ -9,11 +9,12 @@ from __future__ import annotations
 import os
 import shutil
 import stat
+import tarfile
 from pathlib import Path
 
 import pytest
 
-from conftest import make_host_root, run, snapshot
+from conftest import BIN_DIR, REPO, make_host_root, run, snapshot
 
 MANIFEST = "var/lib/crius-installer/manifest"
 WRITTEN = {
@@ -226,3 +227,29 @@ def test_bad_arguments(payload, host):
     assert "unknown argument" in install(payload, host, "--frobnicate", expect=1).stderr
     assert "chroot or nsenter" in install(payload, host, "--host-exec", "ssh", expect=1).stderr
     assert "usage:" in install(payload, host, "--help").stdout
+
+
+def test_make_install_destdir(tmp_path):
+    """`make install` (PREFIX/DESTDIR) lays out the same files for a manual install."""
+    dest = tmp_path / "root"
+    result = run(["make", "--no-print-directory", "-C", REPO, "install", f"BIN_DIR={BIN_DIR}",
+                  f"PAYLOAD_DIR={tmp_path / 'payload'}", f"DESTDIR={dest}", "PREFIX=/usr"], timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert (dest / "usr/bin/crius").read_bytes() == (BIN_DIR / "crius").read_bytes()
+    assert os.access(dest / "usr/bin/crius-conmon", os.X_OK)
+    assert "ExecStart=/usr/bin/crius\n" in (dest / "etc/systemd/system/crius.service").read_text()
+    assert (dest / "etc/crius/crius.toml").exists() and (dest / "etc/crius/crius.d").is_dir()
+    assert (dest / "etc/cni/net.d/10-crius-bridge.conflist").exists()
+
+
+def test_make_dist_tarball_holds_the_installer(tmp_path):
+    result = run(["make", "--no-print-directory", "-C", REPO, "dist", f"BIN_DIR={BIN_DIR}",
+                  f"PAYLOAD_DIR={tmp_path / 'payload'}", f"DIST_DIR={tmp_path}"], timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    (tarball,) = tmp_path.glob("crius-*-linux-*.tar.gz")
+    with tarfile.open(tarball) as tar:
+        names = set(tar.getnames())
+        assert all(m.uid == 0 and m.gid == 0 for m in tar.getmembers())
+    top = tarball.name.split("-linux-")[0]
+    assert {f"{top}/crius-install", f"{top}/bin/crius", f"{top}/etc/crius.toml",
+            f"{top}/systemd/crius.service", f"{top}/cni/10-crius-bridge.conflist"} <= names
