@@ -216,6 +216,11 @@ def test_daemonset_installer_pod(chart):
     assert container["image"] == "crius:0.1.0"
 
 
+def test_on_delete_update_strategy_has_no_rolling_update(chart):
+    (ds,) = find(manifests(render(chart, {"updateStrategy": {"type": "OnDelete"}})), "DaemonSet")
+    assert ds["spec"]["updateStrategy"] == {"type": "OnDelete"}
+
+
 def test_chroot_mode_mounts_the_host_root_without_host_pid(chart):
     (ds,) = find(manifests(render(chart, SETS["handlers"])), "DaemonSet")
     pod = ds["spec"]["template"]["spec"]

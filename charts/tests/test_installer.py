@@ -182,6 +182,11 @@ def test_systemd_host_enables_and_restarts_only_on_change(payload, host, tmp_pat
     install(payload, host)
     assert systemctl_calls(host) == ["enable --now crius.service"]
 
+    # crius follows the CNI conf dir by itself: a restored conflist needs no restart.
+    (host / "etc/cni/net.d/10-crius-bridge.conflist").unlink()
+    assert "installed /etc/cni/net.d/10-crius-bridge.conflist" in install(payload, host).stdout
+    assert systemctl_calls(host) == ["enable --now crius.service"]
+
     config = tmp_path / "chart.toml"
     config.write_text('[log]\nformat = "json"\n')
     install(payload, host, "--config", config)
