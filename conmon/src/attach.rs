@@ -149,10 +149,15 @@ impl Attach {
         before - self.clients.len()
     }
 
-    /// Last attempt to deliver queued output before the monitor exits.
-    pub fn flush_all(&mut self) {
+    /// The monitor is exiting: a last attempt to deliver queued output, then a clean end of
+    /// stream. Unread input is discarded first, because closing a unix socket with data still
+    /// queued makes the peer's next read fail with ECONNRESET instead of seeing EOF.
+    pub fn close_all(&mut self) {
+        let mut sink = [0u8; 4096];
         for c in &mut self.clients {
             c.flush();
+            while matches!(c.stream.read(&mut sink), Ok(n) if n > 0) {}
+            let _ = c.stream.shutdown(std::net::Shutdown::Both);
         }
     }
 }

@@ -200,3 +200,51 @@ impl Conn {
 pub fn error(message: String) -> response::Kind {
     response::Kind::Error(ErrorResponse { message })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crius_proto::monitor::PingResponse;
+
+    fn answer(bytes: &[u8]) -> (Vec<Response>, bool) {
+        let dir = std::env::temp_dir().join(format!(
+            "crius-control-{}-{}",
+            std::process::id(),
+            bytes.len()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("c.sock");
+        let mut control = Control::new(bind(&path).unwrap());
+        let mut client = UnixStream::connect(&path).unwrap();
+        client.write_all(bytes).unwrap();
+        client.shutdown(std::net::Shutdown::Write).unwrap();
+        control.accept();
+        let mut handle = |_: request::Kind| {
+            response::Kind::Ping(PingResponse {
+                version: "v".into(),
+                pid: 1,
+            })
+        };
+        control.on_event(0, libc::POLLIN, &mut handle);
+        let dead = control.conns[0].dead;
+        control.sweep();
+        let mut out = Vec::new();
+        client.read_to_end(&mut out).unwrap_or_default();
+        std::fs::remove_dir_all(&dir).unwrap();
+        let mut resps = Vec::new();
+        let mut rest = out.as_slice();
+        while let Some((r, n)) = decode_frame::<Response>(rest).unwrap() {
+            resps.push(r);
+            rest = &rest[n..];
+        }
+        (resps, dead)
+    }
+
+    #[test]
+    fn garbled_frame_gets_an_error_and_closes() {
+        let (resps, dead) = answer(&[0x05, 0xff, 0xff, 0xff, 0xff, 0xff]);
+        assert_eq!(resps.len(), 1, "{resps:?}");
+        assert!(matches!(resps[0].kind, Some(response::Kind::Error(_))));
+        assert!(dead);
+    }
+}

@@ -330,7 +330,7 @@ impl Monitor {
         for out in self.io.outputs.iter().flatten() {
             self.log.finish(out.stream, now);
         }
-        self.attach.flush_all();
+        self.attach.close_all();
         let status = self.status.unwrap_or(sys::ExitStatus::Exited(255));
         let record = exit_record(status, &mut self.oom, finished_at_ns);
         // Nothing else can report the exit; try again once if the disk hiccuped.
