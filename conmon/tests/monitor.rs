@@ -543,7 +543,8 @@ fn attach_without_stdin_discards_input() {
     let mut client = UnixStream::connect(c.dir.join("attach.sock")).unwrap();
     c.barrier();
     c.start();
-    client.write_all(b"ignored\n").unwrap();
+    // Best effort: the container may be gone (and the socket closed) already.
+    let _ = client.write_all(b"ignored\n");
     // stdin is /dev/null: cat ends at once.
     assert_eq!(c.wait_exit(EXIT_TIMEOUT).exit_code, 0);
     let frames = read_frames(&mut client);
