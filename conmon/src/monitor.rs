@@ -94,6 +94,8 @@ struct Monitor {
     oom: Option<OomWatcher>,
     container_pid: u32,
     status: Option<sys::ExitStatus>,
+    /// Wall clock when the container was reaped (Unix ns).
+    finished_at_ns: i64,
     buf: Vec<u8>,
 }
 
@@ -162,6 +164,7 @@ impl Monitor {
             oom,
             container_pid,
             status: None,
+            finished_at_ns: 0,
             buf: vec![0; READ_BUF],
         })
     }
@@ -254,11 +257,13 @@ impl Monitor {
                     io,
                     container_pid,
                     status,
+                    finished_at_ns,
                     oom,
                     ..
                 } = self;
+                let exited = status.map(|s| (s, *finished_at_ns));
                 let mut handle = |kind: request::Kind| {
-                    handle_request(kind, log, io, *container_pid, *status, oom)
+                    handle_request(kind, log, io, *container_pid, exited, oom)
                 };
                 control.on_event(i, revents, &mut handle);
             }
@@ -311,16 +316,16 @@ impl Monitor {
         while let Some((pid, status)) = sys::reap_one() {
             if pid as u32 == self.container_pid {
                 self.status = Some(status);
+                self.finished_at_ns = SystemTime::now()
+                    .duration_since(UNIX_EPOCH)
+                    .map(|d| d.as_nanos() as i64)
+                    .unwrap_or(0);
             }
         }
     }
 
     /// The container exited: drain, flush, record, clean up, exit.
     fn finish(mut self) -> ! {
-        let finished_at_ns = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_nanos() as i64)
-            .unwrap_or(0);
         // Output written before the exit is in the pipe or pty already: read until EOF or
         // until nothing more is there (a descendant may keep a pipe open).
         for i in 0..self.io.outputs.len() {
@@ -332,7 +337,7 @@ impl Monitor {
         }
         self.attach.close_all();
         let status = self.status.unwrap_or(sys::ExitStatus::Exited(255));
-        let record = exit_record(status, &mut self.oom, finished_at_ns);
+        let record = exit_record(status, &mut self.oom, self.finished_at_ns);
         // Nothing else can report the exit; try again once if the disk hiccuped.
         if write_atomic(&self.cfg.dir, EXIT_FILE, &record.encode_to_vec()).is_err() {
             std::thread::sleep(Duration::from_millis(100));
@@ -366,7 +371,7 @@ fn handle_request(
     log: &mut ContainerLog,
     io: &mut ContainerIo,
     container_pid: u32,
-    status: Option<sys::ExitStatus>,
+    exited: Option<(sys::ExitStatus, i64)>,
     oom: &mut Option<OomWatcher>,
 ) -> response::Kind {
     match kind {
@@ -380,7 +385,7 @@ fn handle_request(
         },
         request::Kind::State(_) => response::Kind::State(StateResponse {
             container_pid,
-            exit: status.map(|s| exit_record(s, oom, 0)),
+            exit: exited.map(|(s, at)| exit_record(s, oom, at)),
         }),
         request::Kind::Resize(r) => {
             let Some(pty) = &io.pty else {
@@ -409,18 +414,20 @@ fn run_create(cfg: &RunConfig, signals: &File) -> Result<(ContainerIo, u32), Str
     let console = cfg
         .terminal
         .then(|| cfg.dir.join(container_io::CONSOLE_SOCKET));
-    let mut child = Command::new(&cfg.runtime)
-        .args(runtime::create_args(cfg, &pid_file, console.as_deref()))
+    let mut cmd = Command::new(&cfg.runtime);
+    cmd.args(runtime::create_args(cfg, &pid_file, console.as_deref()))
         .stdin(Stdio::from(rt_stdio.stdin))
         .stdout(Stdio::from(rt_stdio.stdout))
-        .stderr(Stdio::from(rt_stdio.stderr))
-        .spawn()
-        .map_err(|e| {
-            pending.remove_console_socket();
-            format!("run {runtime} create {id}: {e}")
-        })?;
-    // The Command (and with it our copies of the runtime's stdio) is dropped here, so the
-    // container's end of each pipe is the only one left.
+        .stderr(Stdio::from(rt_stdio.stderr));
+    sys::reset_signals_on_exec(&mut cmd);
+    let spawned = cmd.spawn();
+    drop(cmd);
+    let mut child = spawned.map_err(|e| {
+        pending.remove_console_socket();
+        format!("run {runtime} create {id}: {e}")
+    })?;
+    // The Command and with it our copies of the runtime's stdio are gone, so the container's
+    // end of each pipe is the only one left.
     let deadline = Instant::now() + CREATE_TIMEOUT;
     let mut signals_file = signals;
     let exit = loop {
@@ -482,12 +489,13 @@ fn run_create(cfg: &RunConfig, signals: &File) -> Result<(ContainerIo, u32), Str
 
 /// `RUNTIME delete --force ID`, output discarded; best effort.
 fn delete_container(cfg: &RunConfig) {
-    let _ = Command::new(&cfg.runtime)
-        .args(runtime::delete_args(cfg))
+    let mut cmd = Command::new(&cfg.runtime);
+    cmd.args(runtime::delete_args(cfg))
         .stdin(Stdio::null())
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status();
+        .stderr(Stdio::null());
+    sys::reset_signals_on_exec(&mut cmd);
+    let _ = cmd.status();
 }
 
 fn remove_sockets(dir: &Path) {

@@ -324,3 +324,37 @@ pub fn set_winsize(fd: BorrowedFd<'_>, cols: u16, rows: u16) -> io::Result<()> {
     // SAFETY: `ws` is a valid winsize that outlives the call; fd stays open.
     check(unsafe { libc::ioctl(fd.as_raw_fd(), libc::TIOCSWINSZ, &ws) }).map(|_| ())
 }
+
+/// Makes `cmd`'s child start with an empty signal mask and every signal at its default
+/// action. The monitor blocks the signals it reads through its signalfd, Rust ignores SIGPIPE,
+/// and whoever started the launcher may have ignored others (SIGQUIT, glibc's 32): masks and
+/// ignored dispositions survive exec, and the runtime would pass them on to the container.
+pub fn reset_signals_on_exec(cmd: &mut std::process::Command) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: the closure runs in the forked child before exec and only makes
+    // async-signal-safe system calls on local data. A zeroed kernel `struct sigaction` is
+    // SIG_DFL with no flags and an empty mask; the raw call also reaches signals 32 and 33,
+    // which glibc's wrappers refuse; SIGKILL/SIGSTOP fail with EINVAL, which is ignored.
+    unsafe {
+        cmd.pre_exec(|| {
+            let mut set: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut set);
+            check(libc::sigprocmask(
+                libc::SIG_SETMASK,
+                &set,
+                std::ptr::null_mut(),
+            ))?;
+            let default_action = [0u64; 4];
+            for sig in 1..=64 {
+                libc::syscall(
+                    libc::SYS_rt_sigaction,
+                    sig,
+                    default_action.as_ptr(),
+                    std::ptr::null_mut::<u64>(),
+                    8usize,
+                );
+            }
+            Ok(())
+        });
+    }
+}
