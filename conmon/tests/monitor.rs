@@ -597,3 +597,38 @@ fn idle_monitor_stays_within_its_memory_ceiling() {
     c.kill("KILL");
     c.wait_exit(EXIT_TIMEOUT);
 }
+
+#[test]
+fn terminal_stdin_comes_from_attach_and_stdin_once_ends_it() {
+    // `cat` on a tty sees EOF when the first client leaves (the monitor sends ^D).
+    let mut spec = Spec::sh("stty -echo; read x; echo got:$x; cat; echo done");
+    spec.terminal = true;
+    let mut c = Container::new("ttyin", &spec);
+    c.launch(&["--terminal", "--stdin", "--stdin-once"]);
+    c.start();
+    let mut writer = UnixStream::connect(c.dir.join("attach.sock")).unwrap();
+    writer.write_all(b"hi\n").unwrap();
+    c.barrier();
+    drop(writer);
+    assert_eq!(c.wait_exit(EXIT_TIMEOUT).exit_code, 0);
+    let stdout = stream_records(&c.records(), "stdout");
+    assert!(stdout.contains(&pair("F", "got:hi")), "{stdout:?}");
+    assert_eq!(stdout.last(), Some(&pair("F", "done")), "{stdout:?}");
+}
+
+#[test]
+fn failing_create_with_a_terminal_reports_the_error_and_removes_the_console_socket() {
+    let mut spec = Spec::sh("true");
+    spec.terminal = true;
+    let c = Container::new("badtty", &spec);
+    std::fs::remove_file(c.bundle.join("config.json")).unwrap();
+    let out = c.launch_raw(&["--terminal"]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("config.json"),
+        "{out:?}"
+    );
+    for f in ["monitor.sock", "attach.sock", "console.sock", "exit"] {
+        assert!(!c.dir.join(f).exists(), "{f} left behind");
+    }
+}
