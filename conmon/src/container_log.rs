@@ -351,6 +351,25 @@ mod tests {
     }
 
     #[test]
+    fn failed_reopen_keeps_the_old_file() {
+        let dir = std::env::temp_dir().join(format!("crius-conmon-reopen-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("c.log");
+        let mut log = ContainerLog::open(path.clone(), 16, false).unwrap();
+        let kept = dir.join("kept.log");
+        std::fs::rename(&path, &kept).unwrap();
+        // The log's directory is replaced by a file: reopening cannot work.
+        let sub = dir.join("sub");
+        std::fs::write(&sub, "").unwrap();
+        log.path = sub.join("c.log");
+        assert!(log.reopen().is_err());
+        log.write(Stream::Stdout, b"still here\n", Timestamp::from_unix(0, 0));
+        let text = std::fs::read_to_string(&kept).unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert!(text.ends_with("stdout F still here\n"), "{text}");
+    }
+
+    #[test]
     fn unfinished_line_at_eof_is_written_as_partial() {
         let dir = std::env::temp_dir().join(format!("crius-conmon-log-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();

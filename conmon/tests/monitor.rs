@@ -632,3 +632,61 @@ fn failing_create_with_a_terminal_reports_the_error_and_removes_the_console_sock
         assert!(!c.dir.join(f).exists(), "{f} left behind");
     }
 }
+
+/// Writes an executable fake runtime script into the container's temp dir.
+fn fake_runtime(c: &Container, body: &str) -> std::path::PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let path = c.root.join("fake-runtime");
+    std::fs::write(&path, format!("#!/bin/sh\n{body}\n")).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    path
+}
+
+fn launch_with_runtime(c: &Container, runtime: &std::path::Path) -> std::process::Output {
+    Command::new(common::MONITOR)
+        .arg("run")
+        .args(["--id", &c.id])
+        .arg("--bundle")
+        .arg(&c.bundle)
+        .arg("--runtime")
+        .arg(runtime)
+        .arg("--dir")
+        .arg(&c.dir)
+        .arg("--log-path")
+        .arg(&c.log_path)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn launcher_never_hangs_when_the_monitor_dies_before_reporting() {
+    let c = Container::new("monitordies", &Spec::sh("true"));
+    // The runtime's parent is the monitor: kill it in the middle of `create`.
+    let runtime = fake_runtime(&c, "case \"$*\" in *create*) kill -9 $PPID; sleep 1;; esac");
+    let started = Instant::now();
+    let out = launch_with_runtime(&c, &runtime);
+    assert!(started.elapsed() < Duration::from_secs(10));
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("exited before reporting"), "{stderr}");
+}
+
+#[test]
+fn create_that_writes_no_pid_fails_and_is_undone() {
+    let c = Container::new("nopid", &Spec::sh("true"));
+    let marker = c.root.join("deleted");
+    let runtime = fake_runtime(
+        &c,
+        &format!(
+            "case \"$*\" in *create*) exit 0;; *delete*--force*) touch '{}';; esac",
+            marker.display()
+        ),
+    );
+    let out = launch_with_runtime(&c, &runtime);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("no pid"),
+        "{out:?}"
+    );
+    assert!(marker.exists(), "delete --force ran to undo the create");
+}
