@@ -1,11 +1,21 @@
 //! crius-conmon: the per-container monitor.
 //!
-//! Owns (once containers land, issue 5) the container's stdio, its CRI log, its exit record and its
-//! attach socket, and answers the daemon on a control socket with the `crius-proto` monitor protocol.
-//! For now it reports its version and runs as a pod's PID 1 (`infra`, see `infra.rs`). It must stay tiny: no tonic, no
-//! multi-threaded runtime, nothing per container that the kernel can do for it.
+//! `run` (see `launcher.rs`, `monitor.rs` and `docs/monitor.md`): one monitor per container
+//! owns the container's stdio, its CRI log, its exit record and its attach socket, and answers
+//! the daemon on a control socket with the `crius-proto` monitor protocol. `infra` runs as a
+//! pod's PID 1 (see `infra.rs`). It must stay tiny: no tonic, no async runtime, one thread,
+//! nothing per container that the kernel can do for it.
 
+mod attach;
+mod cli;
+mod container_io;
+mod container_log;
+mod control;
 mod infra;
+mod launcher;
+mod monitor;
+mod oom_watcher;
+mod runtime;
 mod sys;
 
 use crius_proto::monitor::PingResponse;
@@ -19,6 +29,10 @@ fn main() {
                 pid: std::process::id(),
             };
             println!("crius-conmon {} (protocol crius.monitor.v1)", pong.version);
+        }
+        Some("run") => {
+            let rest: Vec<String> = args.collect();
+            std::process::exit(launcher::main(&rest));
         }
         Some("infra") => {
             let rest: Vec<String> = args.collect();
