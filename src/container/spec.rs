@@ -32,6 +32,8 @@ mod user;
 #[cfg(test)]
 mod fixtures;
 #[cfg(test)]
+mod golden;
+#[cfg(test)]
 mod tests;
 
 pub use linux::linux_resources;
