@@ -47,7 +47,8 @@ pub const ANNOTATION_CONTAINER_TYPE: &str = "io.kubernetes.cri.container-type";
 pub const ANNOTATION_SANDBOX_ID: &str = "io.kubernetes.cri.sandbox-id";
 pub const ANNOTATION_CONTAINER_NAME: &str = "io.kubernetes.cri.container-name";
 
-/// `RLIMIT_NOFILE` soft and hard limit of the container process (CRI-O's default).
+/// `RLIMIT_NOFILE` soft and hard limit of the container process (CRI-O's default), cut to
+/// [`HostView::max_nofile`].
 pub const NOFILE_LIMIT: u64 = 1_048_576;
 
 /// What the spec needs from the image config.
@@ -123,6 +124,9 @@ pub struct HostView {
     pub selinux: bool,
     /// The lowest `oom_score_adj` crius may set (its own, without `CAP_SYS_RESOURCE`).
     pub min_oom_score_adj: i64,
+    /// crius' own hard `RLIMIT_NOFILE`: without `CAP_SYS_RESOURCE` the runtime cannot give the
+    /// container more, so [`NOFILE_LIMIT`] is cut to it. `None` = not cut.
+    pub max_nofile: Option<u64>,
     pub cgroup_v2: bool,
     /// Device nodes of the host: all of them go to privileged containers; CRI devices are
     /// looked up here by path.
@@ -286,6 +290,10 @@ pub fn generate(input: &SpecInput) -> Result<Generated, SpecError> {
     resources.set_devices(Some(device_rules));
     let oom_score_adj = linux::oom_score_adj(cri_resources.oom_score_adj, input.host);
     let sysctl = linux::sysctls(&input.pod)?;
+    let nofile = input
+        .host
+        .max_nofile
+        .map_or(NOFILE_LIMIT, |max| max.min(NOFILE_LIMIT));
     let (masked, readonly) = security::masked_and_readonly_paths(sc, privileged);
 
     let mut user = User::default();
@@ -305,8 +313,8 @@ pub fn generate(input: &SpecInput) -> Result<Generated, SpecError> {
         .set_capabilities(Some(security::capability_sets(caps)))
         .set_rlimits(Some(vec![PosixRlimitBuilder::default()
             .typ(PosixRlimitType::RlimitNofile)
-            .soft(NOFILE_LIMIT)
-            .hard(NOFILE_LIMIT)
+            .soft(nofile)
+            .hard(nofile)
             .build()?]))
         .set_no_new_privileges(Some(sc.no_new_privs))
         .set_apparmor_profile(apparmor)

@@ -192,6 +192,7 @@ impl Case {
                 apparmor_default: None,
                 selinux: false,
                 min_oom_score_adj: -999,
+                max_nofile: None,
                 cgroup_v2: true,
                 devices: vec![
                     dev("/dev/null", DeviceKind::Char, 1, 3, 0o666),

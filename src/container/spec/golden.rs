@@ -249,6 +249,8 @@ fn golden_resources_and_cgroup_parent() {
     let mut case = Case::busybox();
     case.unconfined();
     case.cgroup_parent = "/kubepods/burstable/pod0b5e".into();
+    // Like this machine: crius' hard RLIMIT_NOFILE is 20000.
+    case.host.max_nofile = Some(20_000);
     if let Some(linux) = case.pod_config.linux.as_mut() {
         linux.cgroup_parent = case.cgroup_parent.clone();
         linux.sysctls = [

@@ -429,3 +429,25 @@ fn resources_errors_name_the_field() {
     let err = refused(&case, "resources.cpu_period");
     assert_eq!(err.kind(), ErrorKind::InvalidArgument);
 }
+
+#[test]
+fn nofile_is_cut_to_our_own_hard_limit() {
+    let nofile = |case: &Case| {
+        let g = generated(case);
+        let limits = g
+            .spec
+            .process()
+            .as_ref()
+            .unwrap()
+            .rlimits()
+            .clone()
+            .unwrap();
+        (limits[0].soft(), limits[0].hard())
+    };
+    let mut case = Case::busybox();
+    assert_eq!(nofile(&case), (1_048_576, 1_048_576));
+    case.host.max_nofile = Some(20_000);
+    assert_eq!(nofile(&case), (20_000, 20_000));
+    case.host.max_nofile = Some(u64::MAX);
+    assert_eq!(nofile(&case), (1_048_576, 1_048_576));
+}
