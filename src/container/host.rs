@@ -3,7 +3,7 @@
 //! set, the cgroup layout, and the host's devices for privileged containers. Read once at start
 //! (devices on demand). Blocking.
 
-use super::spec::{HostDevice, HostView};
+use super::spec::{DeviceKind, HostDevice, HostView};
 
 /// Capability names by number (linux/capability.h).
 const CAPS: [&str; 41] = [
@@ -81,13 +81,20 @@ pub fn detect() -> HostView {
         .and_then(|s| s.trim().parse().ok())
         .unwrap_or(0);
     let cgroup_v2 = std::path::Path::new("/sys/fs/cgroup/cgroup.controllers").exists();
+    let max_nofile = rustix::process::getrlimit(rustix::process::Resource::Nofile).maximum;
     HostView {
         capabilities: caps_from_mask(bounding),
         apparmor,
+        // No default AppArmor profile is loaded by crius: RuntimeDefault stays unconfined.
+        apparmor_default: None,
         selinux,
         min_oom_score_adj,
+        max_nofile,
         cgroup_v2,
         devices: Vec::new(),
+        arch: std::env::consts::ARCH.to_string(),
+        // Pod user namespaces are refused at RunPodSandbox for now.
+        idmap_mounts: false,
     }
 }
 
@@ -117,9 +124,9 @@ pub fn host_devices() -> Vec<HostDevice> {
                 continue;
             }
             let kind = if ft.is_char_device() {
-                'c'
+                DeviceKind::Char
             } else if ft.is_block_device() {
-                'b'
+                DeviceKind::Block
             } else {
                 continue;
             };
@@ -132,7 +139,7 @@ pub fn host_devices() -> Vec<HostDevice> {
                 kind,
                 major: rustix::fs::major(rdev) as i64,
                 minor: rustix::fs::minor(rdev) as i64,
-                mode: meta.permissions().mode() & 0o7777,
+                file_mode: meta.permissions().mode() & 0o7777,
                 uid: meta.uid(),
                 gid: meta.gid(),
             });
@@ -161,6 +168,7 @@ mod tests {
             .iter()
             .find(|d| d.path == std::path::Path::new("/dev/null"))
             .unwrap();
-        assert_eq!((null.kind, null.major, null.minor), ('c', 1, 3));
+        assert_eq!((null.major, null.minor), (1, 3));
+        assert!(matches!(null.kind, DeviceKind::Char));
     }
 }

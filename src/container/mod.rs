@@ -165,8 +165,52 @@ impl Containers {
                 tracing::warn!(container_id = %id, error = %e, "container state refresh failed");
             }
         }
+        this.clean_orphans();
         this.update_gauge();
         Ok((this, report))
+    }
+
+    /// Releases what a create interrupted by a crash left without a record: the monitor and
+    /// the runtime's container, the rootfs mount, the bundle, monitor and storage dirs.
+    fn clean_orphans(&self) {
+        let Ok(entries) = std::fs::read_dir(&self.settings.bundles_dir) else {
+            return;
+        };
+        for dirent in entries.flatten() {
+            let id = dirent.file_name().to_string_lossy().into_owned();
+            if id.len() != 64 || self.records.get(&id).is_some() {
+                continue;
+            }
+            tracing::info!(container_id = %id, "cleaning up a container without a record");
+            let monitor_dir = self.settings.monitors_dir.join(&id[..12]);
+            if let Some(pid) = std::fs::read_to_string(monitor_dir.join("monitor.pid"))
+                .ok()
+                .and_then(|s| s.trim().parse::<u32>().ok())
+            {
+                let ours = std::fs::read(format!("/proc/{pid}/cmdline"))
+                    .map(|c| c.windows(id.len()).any(|w| w == id.as_bytes()))
+                    .unwrap_or(false);
+                if ours {
+                    kill_pid(pid);
+                }
+            }
+            for rt in self.runtimes.values() {
+                let _ = rt.kill(&id, SIGKILL, true);
+                let _ = rt.delete(&id);
+            }
+            let bundle = dirent.path();
+            if let Err(e) = rootfs::unmount(&bundle.join("rootfs")) {
+                tracing::warn!(container_id = %id, error = %e, "unmount orphan rootfs");
+                continue;
+            }
+            for dir in [&bundle, &monitor_dir, &self.settings.storage_dir.join(&id)] {
+                if let Err(e) = std::fs::remove_dir_all(dir) {
+                    if e.kind() != std::io::ErrorKind::NotFound {
+                        tracing::warn!(container_id = %id, error = %e, path = %dir.display(), "remove orphan dir");
+                    }
+                }
+            }
+        }
     }
 
     fn runtime(&self, handler: &str) -> Result<&Arc<dyn OciRuntime>> {
@@ -464,7 +508,7 @@ impl Containers {
         // The OCI spec.
         let pod_config: cri::PodSandboxConfig = unb64(&pod.config_pb);
         let view = image_view(&image.config);
-        let seccomp_localhost = localhost_seccomp(&config, &pod_config)?;
+        let seccomp_localhost = localhost_seccomp(&config);
         let target_pidns = self.target_pidns(&config)?;
         let mut host = self.settings.host.clone();
         let privileged = config
@@ -488,6 +532,7 @@ impl Containers {
                     .infra
                     .as_ref()
                     .map(|i| PathBuf::from(format!("/proc/{}/ns/pid", i.pid))),
+                userns: None,
                 hostname: pod.spec.hostname.clone(),
                 resolv_conf: Some(pod.run_dir.join("resolv.conf")),
                 hosts: Some(pod.run_dir.join("hosts")),
@@ -517,8 +562,7 @@ impl Containers {
                 )));
             }
         }
-        let spec_json = serde_json::to_vec_pretty(&generated.spec)
-            .map_err(|e| Error::Internal(format!("encode OCI spec: {e}")))?;
+        let spec_json = spec::config_json(&generated.spec).map_err(Error::from)?;
         let config_path = bundle.join("config.json");
         std::fs::write(&config_path, spec_json).map_err(io_err("write", &config_path))?;
 
@@ -552,9 +596,14 @@ impl Containers {
         }
 
         let user = UserRecord {
-            uid: generated.user.uid,
-            gid: generated.user.gid,
-            supplemental_groups: generated.user.additional_gids.clone(),
+            uid: i64::from(generated.user.uid),
+            gid: i64::from(generated.user.gid),
+            supplemental_groups: generated
+                .user
+                .additional_gids
+                .iter()
+                .map(|g| i64::from(*g))
+                .collect(),
         };
         let resources = config
             .linux
@@ -886,34 +935,10 @@ pub fn resources_of(rec: &ContainerRecord) -> cri::LinuxContainerResources {
     unb64(&rec.resources_pb)
 }
 
-fn localhost_seccomp(
-    config: &cri::ContainerConfig,
-    pod: &cri::PodSandboxConfig,
-) -> Result<Option<String>> {
-    let sc = config
-        .linux
-        .as_ref()
-        .and_then(|l| l.security_context.as_ref());
-    let profile = sc
-        .and_then(|s| s.seccomp.as_ref())
-        .filter(|p| p.profile_type == cri::security_profile::ProfileType::Localhost as i32);
-    let path = match profile {
-        Some(p) => p.localhost_ref.clone(),
-        None => {
-            #[allow(deprecated)]
-            let legacy = sc
-                .map(|s| s.seccomp_profile_path.clone())
-                .unwrap_or_default();
-            match legacy.strip_prefix("localhost/") {
-                Some(p) => p.to_string(),
-                None => return Ok(None),
-            }
-        }
-    };
-    let _ = pod;
-    std::fs::read_to_string(&path)
-        .map(Some)
-        .map_err(|e| Error::InvalidArgument(format!("seccomp localhost profile {path:?}: {e}")))
+/// The Localhost seccomp profile's contents, when the container asks for one (None if the file
+/// cannot be read: the generator then refuses with NotFound naming it).
+fn localhost_seccomp(config: &cri::ContainerConfig) -> Option<String> {
+    spec::localhost_profile_path(config).and_then(|p| std::fs::read_to_string(p).ok())
 }
 
 const SIGKILL: i32 = 9;
