@@ -334,6 +334,20 @@ async fn stop_escalates_to_sigkill_and_security_settings_apply() {
     assert_eq!((st.exit_code, out.trim()), (0, "1000"));
     assert_eq!(st.user.unwrap().linux.unwrap().uid, 1000);
 
+    // Strict supplemental groups: the primary gid and exactly the given groups.
+    let mut cfg = env.ctr("groups", &["id", "-G"]);
+    cfg.linux.as_mut().unwrap().security_context = Some(cri::LinuxContainerSecurityContext {
+        run_as_user: Some(cri::Int64Value { value: 1000 }),
+        supplemental_groups: vec![3000],
+        supplemental_groups_policy: cri::SupplementalGroupsPolicy::Strict as i32,
+        ..container_ns()
+    });
+    let (st, out) = env.output_of(cfg).await;
+    assert_eq!(out.trim(), "1000 3000");
+    let user = st.user.unwrap().linux.unwrap();
+    assert_eq!((user.uid, user.gid), (1000, 1000));
+    assert!(user.supplemental_groups.contains(&3000), "{user:?}");
+
     // drop ALL → CapEff 0; RuntimeDefault seccomp → mode 2.
     let mut cfg = env.ctr(
         "caps",
@@ -433,7 +447,10 @@ async fn exec_sync_update_resources_and_errors() {
     let ps = String::from_utf8_lossy(&ps.stdout);
     // The killed process may linger as a zombie (`[sleep]`: PID 1 here does not reap), but
     // nothing runs `sleep 10` any more.
-    assert!(!ps.lines().any(|l| l.trim_end().ends_with("sleep 10")), "{ps}");
+    assert!(
+        !ps.lines().any(|l| l.trim_end().ends_with("sleep 10")),
+        "{ps}"
+    );
 
     // UpdateContainerResources: visible in the cgroup and in the status.
     env.rt()

@@ -56,6 +56,9 @@ pub async fn status(daemon: &Daemon, req: StatusRequest) -> Result<StatusRespons
         status: Some(RuntimeStatus { conditions }),
         info,
         runtime_handlers,
-        features: None,
+        // Merge and Strict are applied by the spec generator (tested end to end).
+        features: Some(k8s_cri::v1::RuntimeFeatures {
+            supplemental_groups_policy: true,
+        }),
     })
 }
