@@ -330,6 +330,175 @@ async fn main() {
     }
     bench_pull().await;
     bench_pods().await;
+    bench_containers().await;
+}
+
+const CONTAINERS: usize = 50;
+
+async fn bench_containers() {
+    use k8s_cri::v1 as cri;
+    let fx = crius_e2e::registry::shared();
+    let net = crius_e2e::network::TestNetwork::new();
+    let d = crius_e2e::daemon::Daemon::start_with(crius_e2e::daemon::Options {
+        extra_config: format!(
+            "[image.registries.\"{}\"]\ninsecure = true\n",
+            fx.registry_addr()
+        ),
+        drop_in: String::new(),
+    })
+    .await;
+    net.install(&d.paths.cni_conf_dir, &[]);
+    let image = fx.busybox_ref();
+    d.image()
+        .await
+        .pull_image(cri::PullImageRequest {
+            image: Some(cri::ImageSpec {
+                image: image.clone(),
+                ..Default::default()
+            }),
+            auth: None,
+            sandbox_config: None,
+        })
+        .await
+        .expect("pull busybox");
+    let mut rt = d.runtime().await;
+    let pod_req = crius_e2e::pods::pod("bench");
+    let pod_config = pod_req.config.clone();
+    let pod = rt
+        .run_pod_sandbox(pod_req)
+        .await
+        .expect("pod")
+        .into_inner()
+        .pod_sandbox_id;
+    let config = |i: usize| cri::ContainerConfig {
+        metadata: Some(cri::ContainerMetadata {
+            name: format!("c{i}"),
+            attempt: 0,
+        }),
+        image: Some(cri::ImageSpec {
+            image: image.clone(),
+            ..Default::default()
+        }),
+        command: vec!["sleep".into(), "1000".into()],
+        linux: Some(cri::LinuxContainerConfig {
+            security_context: Some(cri::LinuxContainerSecurityContext {
+                namespace_options: Some(cri::NamespaceOption {
+                    pid: cri::NamespaceMode::Container as i32,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    println!("\ncontainers: {CONTAINERS} busybox `sleep` containers, runc, one at a time");
+    let (mut create_start, mut stop, mut remove) = (Vec::new(), Vec::new(), Vec::new());
+    let mut monitor_rss = 0;
+    let mut bundle = PathBuf::new();
+    for i in 0..=CONTAINERS {
+        let t = Instant::now();
+        let id = rt
+            .create_container(cri::CreateContainerRequest {
+                pod_sandbox_id: pod.clone(),
+                config: Some(config(i)),
+                sandbox_config: pod_config.clone(),
+            })
+            .await
+            .expect("CreateContainer")
+            .into_inner()
+            .container_id;
+        rt.start_container(cri::StartContainerRequest {
+            container_id: id.clone(),
+        })
+        .await
+        .expect("StartContainer");
+        if i == CONTAINERS {
+            // The last one stays: its bundle is the floor's, its monitor is measured.
+            let st = rt
+                .container_status(cri::ContainerStatusRequest {
+                    container_id: id,
+                    verbose: true,
+                })
+                .await
+                .expect("status")
+                .into_inner();
+            let info: serde_json::Value = serde_json::from_str(&st.info["info"]).unwrap();
+            monitor_rss = rss_kib(info["monitorPid"].as_u64().unwrap_or(0) as u32);
+            bundle = PathBuf::from(info["bundle"].as_str().unwrap_or_default());
+            break;
+        }
+        create_start.push(t.elapsed());
+        let t = Instant::now();
+        rt.stop_container(cri::StopContainerRequest {
+            container_id: id.clone(),
+            timeout: 0,
+        })
+        .await
+        .expect("StopContainer");
+        stop.push(t.elapsed());
+        let t = Instant::now();
+        rt.remove_container(cri::RemoveContainerRequest { container_id: id })
+            .await
+            .expect("RemoveContainer");
+        remove.push(t.elapsed());
+    }
+
+    // The floor: bare `runc create` + `runc start` of the same bundle (its rootfs shared).
+    let scratch = tempfile::tempdir().unwrap();
+    let mut spec: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(bundle.join("config.json")).unwrap()).unwrap();
+    spec["root"]["path"] = serde_json::json!(bundle.join("rootfs"));
+    let root = scratch.path().join("runc");
+    let mut floor = Vec::new();
+    for i in 0..CONTAINERS {
+        let id = format!("crius-bench-floor-{i}");
+        let dir = scratch.path().join(&id);
+        std::fs::create_dir_all(&dir).unwrap();
+        spec["linux"]["cgroupsPath"] = serde_json::json!(format!("/crius-bench/{id}"));
+        std::fs::write(dir.join("config.json"), spec.to_string()).unwrap();
+        let runc = |args: &[&str]| {
+            let ok = Command::new("runc")
+                .arg("--root")
+                .arg(&root)
+                .args(args)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .map(|s| s.success())
+                .unwrap_or(false);
+            assert!(ok, "runc {args:?}");
+        };
+        let t = Instant::now();
+        runc(&["create", "--bundle", dir.to_str().unwrap(), &id]);
+        runc(&["start", &id]);
+        floor.push(t.elapsed());
+        runc(&["kill", &id, "KILL"]);
+        std::thread::sleep(Duration::from_millis(20));
+        runc(&["delete", "--force", &id]);
+    }
+    if let Ok(hierarchies) = std::fs::read_dir("/sys/fs/cgroup") {
+        for h in hierarchies.flatten() {
+            let _ = std::fs::remove_dir(h.path().join("crius-bench"));
+        }
+    }
+    summary("bare runc create+start", floor);
+    summary("crius CreateContainer+Start", create_start);
+    summary("crius StopContainer (timeout 0)", stop);
+    summary("crius RemoveContainer", remove);
+    println!("  crius-conmon RSS of an idle container: {monitor_rss} KiB");
+    let mut rt = d.runtime().await;
+    let _ = rt
+        .stop_pod_sandbox(cri::StopPodSandboxRequest {
+            pod_sandbox_id: pod.clone(),
+        })
+        .await;
+    let _ = rt
+        .remove_pod_sandbox(cri::RemovePodSandboxRequest {
+            pod_sandbox_id: pod,
+        })
+        .await;
 }
 
 const PODS: usize = 100;
