@@ -182,24 +182,24 @@ async fn rpcs_of_later_capabilities_answer_unimplemented_naming_the_rpc() {
     let err = d
         .runtime()
         .await
-        .list_containers(cri::ListContainersRequest::default())
+        .container_stats(cri::ContainerStatsRequest::default())
         .await
         .unwrap_err();
     assert_eq!(err.code(), tonic::Code::Unimplemented);
     assert!(
-        err.message().contains("ListContainers"),
+        err.message().contains("ContainerStats"),
         "{}",
         err.message()
     );
     let err = d
         .runtime()
         .await
-        .container_status(cri::ContainerStatusRequest::default())
+        .checkpoint_container(cri::CheckpointContainerRequest::default())
         .await
         .unwrap_err();
     assert_eq!(err.code(), tonic::Code::Unimplemented);
     assert!(
-        err.message().contains("ContainerStatus"),
+        err.message().contains("CheckpointContainer"),
         "{}",
         err.message()
     );
