@@ -18,3 +18,4 @@ pub mod sandbox;
 pub mod server;
 pub mod socket;
 pub mod store;
+pub mod util;

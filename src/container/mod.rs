@@ -33,8 +33,9 @@ use crate::metrics::Metrics;
 use crate::runtime::monitor;
 use crate::runtime::oci::{CreateRequest, ExecOutput, OciRuntime};
 use crate::sandbox::rollback::Rollback;
-use crate::sandbox::{new_id, SandboxRecord, SandboxState, Sandboxes};
+use crate::sandbox::{SandboxRecord, SandboxState, Sandboxes};
 use crate::store::{Collection, LoadReport};
+use crate::util::{io_err, join_err, lock, new_id, now_ns};
 pub use record::{ContainerRecord, ContainerState, UserRecord};
 
 /// Paths and host facts the container domain needs.
@@ -70,29 +71,6 @@ pub struct Containers {
     names: Mutex<HashMap<String, String>>,
     creating: KeyedLocks,
     locks: KeyedLocks,
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    match m.lock() {
-        Ok(g) => g,
-        Err(poisoned) => poisoned.into_inner(),
-    }
-}
-
-fn now_ns() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos() as i64)
-        .unwrap_or(0)
-}
-
-fn join_err(e: tokio::task::JoinError) -> Error {
-    Error::Internal(format!("container task failed: {e}"))
-}
-
-fn io_err<'a>(what: &str, path: &'a Path) -> impl FnOnce(std::io::Error) -> Error + 'a {
-    let what = what.to_string();
-    move |e| Error::Internal(format!("{what} {}: {e}", path.display()))
 }
 
 fn b64(bytes: Vec<u8>) -> String {
@@ -221,24 +199,7 @@ impl Containers {
 
     /// Resolves an id or a unique prefix.
     pub fn resolve(&self, id: &str) -> Result<Arc<ContainerRecord>> {
-        if id.is_empty() {
-            return Err(Error::InvalidArgument("container id is required".into()));
-        }
-        if let Some(rec) = self.records.get(id) {
-            return Ok(rec);
-        }
-        let mut matches = self
-            .records
-            .list()
-            .into_iter()
-            .filter(|(k, _)| k.starts_with(id));
-        match (matches.next(), matches.next()) {
-            (Some((_, rec)), None) => Ok(rec),
-            (Some(_), Some(_)) => Err(Error::InvalidArgument(format!(
-                "container id prefix {id:?} is ambiguous"
-            ))),
-            _ => Err(Error::NotFound(format!("container {id:?} not found"))),
-        }
+        self.records.resolve(id, "container")
     }
 
     /// The record after learning about an exit, if any.

@@ -32,6 +32,7 @@ use crate::error::{Error, Result};
 use crate::keyed::KeyedLocks;
 use crate::metrics::Metrics;
 use crate::store::{Collection, LoadReport};
+use crate::util::{io_err, join_err, lock, new_id, now_ns};
 use network::{NetworkManager, PodNetwork};
 use record::NsMode;
 pub use record::{PodSpec, SandboxRecord, SandboxState};
@@ -70,39 +71,6 @@ pub struct Sandboxes {
     creating: KeyedLocks,
     /// Serializes stop/remove of one id.
     locks: KeyedLocks,
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    match m.lock() {
-        Ok(g) => g,
-        Err(poisoned) => poisoned.into_inner(),
-    }
-}
-
-fn now_ns() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos() as i64)
-        .unwrap_or(0)
-}
-
-/// 64 hex characters from the kernel's CSPRNG (pod and container ids).
-pub fn new_id() -> Result<String> {
-    use std::io::Read;
-    let mut bytes = [0u8; 32];
-    std::fs::File::open("/dev/urandom")
-        .and_then(|mut f| f.read_exact(&mut bytes))
-        .map_err(|e| Error::Internal(format!("read /dev/urandom: {e}")))?;
-    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
-}
-
-fn join_err(e: tokio::task::JoinError) -> Error {
-    Error::Internal(format!("pod sandbox task failed: {e}"))
-}
-
-fn io_err<'a>(what: &str, path: &'a Path) -> impl FnOnce(std::io::Error) -> Error + 'a {
-    let what = what.to_string();
-    move |e| Error::Internal(format!("{what} {}: {e}", path.display()))
 }
 
 impl Sandboxes {
@@ -209,24 +177,7 @@ impl Sandboxes {
 
     /// Resolves an id or a unique id prefix.
     pub fn resolve(&self, id: &str) -> Result<Arc<SandboxRecord>> {
-        if id.is_empty() {
-            return Err(Error::InvalidArgument("pod sandbox id is required".into()));
-        }
-        if let Some(rec) = self.records.get(id) {
-            return Ok(rec);
-        }
-        let mut matches = self
-            .records
-            .list()
-            .into_iter()
-            .filter(|(k, _)| k.starts_with(id));
-        match (matches.next(), matches.next()) {
-            (Some((_, rec)), None) => Ok(rec),
-            (Some(_), Some(_)) => Err(Error::InvalidArgument(format!(
-                "pod sandbox id prefix {id:?} is ambiguous"
-            ))),
-            _ => Err(Error::NotFound(format!("pod sandbox {id:?} not found"))),
-        }
+        self.records.resolve(id, "pod sandbox")
     }
 
     pub fn list(&self, filter: &Filter) -> Vec<Arc<SandboxRecord>> {

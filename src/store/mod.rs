@@ -237,6 +237,26 @@ impl<T: Record> Collection<T> {
         self.items.read().ok()?.get(id).cloned()
     }
 
+    /// The record with id `id`, or the only one whose id starts with `id` (kubelet and crictl
+    /// pass unique prefixes). `what` names the kind in errors (`"pod sandbox"`).
+    pub fn resolve(&self, id: &str, what: &str) -> Result<Arc<T>, crate::error::Error> {
+        use crate::error::Error;
+        if id.is_empty() {
+            return Err(Error::InvalidArgument(format!("{what} id is required")));
+        }
+        if let Some(rec) = self.get(id) {
+            return Ok(rec);
+        }
+        let mut matches = self.list().into_iter().filter(|(k, _)| k.starts_with(id));
+        match (matches.next(), matches.next()) {
+            (Some((_, rec)), None) => Ok(rec),
+            (Some(_), Some(_)) => Err(Error::InvalidArgument(format!(
+                "{what} id prefix {id:?} is ambiguous"
+            ))),
+            _ => Err(Error::NotFound(format!("{what} {id:?} not found"))),
+        }
+    }
+
     pub fn list(&self) -> Vec<(String, Arc<T>)> {
         match self.items.read() {
             Ok(items) => items.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
