@@ -309,12 +309,9 @@ impl Containers {
                 if process_alive(rec.monitor_pid) {
                     return Ok(rec);
                 }
-                // Give a monitor that just exited time to have renamed its exit record.
-                if let Some(exit) = {
-                    std::thread::sleep(Duration::from_millis(20));
-                    monitor::read_exit(&rec.monitor_dir)
-                } {
-                    let _ = exit;
+                // A monitor that just exited may still be renaming its exit record into place.
+                std::thread::sleep(Duration::from_millis(20));
+                if monitor::read_exit(&rec.monitor_dir).is_some() {
                     return self.refresh_blocking(id);
                 }
                 next.state = rec.state.transition(ContainerState::Exited, id)?;

@@ -6,6 +6,7 @@
 //! `tmp/` and is renamed into place only when complete and verified; the image record is written
 //! last, so a pull killed at any moment never shows up as an image.
 
+use crate::util::now_ns;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -51,13 +52,6 @@ impl Drop for Cleanup {
             let _ = remove_path(p);
         }
     }
-}
-
-fn now_ns() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos() as i64)
-        .unwrap_or(0)
 }
 
 fn blocking_err(e: tokio::task::JoinError) -> ImageError {

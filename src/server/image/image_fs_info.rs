@@ -13,10 +13,7 @@ pub async fn image_fs_info(
 ) -> Result<ImageFsInfoResponse> {
     let images = daemon.images()?;
     let (bytes, inodes) = images.usage().await?;
-    let timestamp = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos() as i64)
-        .unwrap_or(0);
+    let timestamp = crate::util::now_ns();
     Ok(ImageFsInfoResponse {
         image_filesystems: vec![FilesystemUsage {
             timestamp,

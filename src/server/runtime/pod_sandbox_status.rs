@@ -29,10 +29,7 @@ pub async fn pod_sandbox_status(
         });
         info.insert("info".to_string(), value.to_string());
     }
-    let timestamp = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos() as i64)
-        .unwrap_or(0);
+    let timestamp = crate::util::now_ns();
     Ok(PodSandboxStatusResponse {
         status: Some(to_cri_status(&rec)),
         info,
