@@ -159,11 +159,21 @@ impl Daemon {
                 ))
                 .map_err(|e| tracing::warn!(error = %e, "no cgroup hierarchies; pod cgroup parents are not managed"))
                 .ok();
+                let monitor = monitor_binary(&config.runtime.monitor_path);
+                let user_namespaces = crate::sandbox::userns::probe(
+                    &monitor,
+                    &config.state.runroot.join("userns-probe"),
+                    &root,
+                );
+                if let Err(why) = &user_namespaces {
+                    tracing::warn!(reason = %why, "pod user namespaces are not available");
+                }
                 let settings = SandboxSettings {
                     pods_dir: config.state.runroot.join("pods"),
                     shm_size: config.pod.shm_size,
-                    monitor: monitor_binary(&config.runtime.monitor_path),
+                    monitor,
                     host_resolv_conf: PathBuf::from("/etc/resolv.conf"),
+                    user_namespaces,
                 };
                 let (sandboxes, sandbox_report) =
                     Sandboxes::open(&root, settings, network, cgroups, metrics.clone())?;
@@ -173,6 +183,7 @@ impl Daemon {
                     monitors_dir: config.state.runroot.join("m"),
                     storage_dir: root.join("containers"),
                     links_dir: root.join("l"),
+                    idmap_dir: root.join("i"),
                     host: crate::container::host::detect(),
                 };
                 let (containers, container_report) = Containers::open(

@@ -23,10 +23,13 @@ pub enum NsKind {
     Net,
     Ipc,
     Uts,
+    /// A pod's user namespace. Pinned like the others but never created here: a thread of a
+    /// multi-threaded process cannot unshare one (the daemon asks `crius-conmon userns`).
+    User,
 }
 
 impl NsKind {
-    pub const ALL: [NsKind; 3] = [NsKind::Net, NsKind::Ipc, NsKind::Uts];
+    pub const ALL: [NsKind; 4] = [NsKind::Net, NsKind::Ipc, NsKind::Uts, NsKind::User];
 
     /// The file name under `/proc/<pid>/ns/` and under the pin directory.
     pub fn name(self) -> &'static str {
@@ -34,6 +37,7 @@ impl NsKind {
             NsKind::Net => "net",
             NsKind::Ipc => "ipc",
             NsKind::Uts => "uts",
+            NsKind::User => "user",
         }
     }
 
@@ -42,6 +46,7 @@ impl NsKind {
             NsKind::Net => libc::CLONE_NEWNET,
             NsKind::Ipc => libc::CLONE_NEWIPC,
             NsKind::Uts => libc::CLONE_NEWUTS,
+            NsKind::User => libc::CLONE_NEWUSER,
         }
     }
 }
@@ -86,6 +91,14 @@ pub struct PinnedNamespaces {
 }
 
 impl PinnedNamespaces {
+    /// Namespaces that something else pinned at `dir/<kind>` (e.g. `crius-conmon userns`).
+    pub fn adopt(dir: &Path, kinds: &[NsKind]) -> PinnedNamespaces {
+        PinnedNamespaces {
+            dir: dir.to_path_buf(),
+            kinds: kinds.to_vec(),
+        }
+    }
+
     /// The directory holding the pin files.
     pub fn dir(&self) -> &Path {
         &self.dir
@@ -124,6 +137,13 @@ pub fn create_pinned(
     hostname: Option<&str>,
 ) -> Result<PinnedNamespaces, NsError> {
     let mut wanted: Vec<NsKind> = Vec::new();
+    if kinds.contains(&NsKind::User) {
+        return Err(NsError::Io {
+            op: "create a user namespace from a thread at",
+            path: dir.to_path_buf(),
+            source: io::Error::from_raw_os_error(libc::EINVAL),
+        });
+    }
     for kind in kinds {
         if !wanted.contains(kind) {
             wanted.push(*kind);
@@ -182,7 +202,7 @@ fn pin_on_this_thread(pinned: &PinnedNamespaces, hostname: Option<&str>) -> Resu
     Ok(())
 }
 
-/// Unmounts (lazily) and deletes `dir/{net,ipc,uts}`; the directory itself is the caller's.
+/// Unmounts (lazily) and deletes `dir/{net,ipc,uts,user}`; the directory itself is the caller's.
 ///
 /// Idempotent: missing files and files that are not mount points are fine.
 pub fn remove_pinned(dir: &Path) -> Result<(), NsError> {

@@ -23,7 +23,7 @@ fn pinned_net_ipc_uts_with_hostname_and_loopback() {
     .unwrap();
     let net = pinned.net().unwrap();
     assert_eq!(net, dir.join("net"));
-    for kind in NsKind::ALL {
+    for kind in [NsKind::Net, NsKind::Ipc, NsKind::Uts] {
         assert!(is_mounted(&dir.join(kind.name())), "{kind:?} not mounted");
     }
 

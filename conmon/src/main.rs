@@ -3,7 +3,8 @@
 //! `run` (see `launcher.rs`, `monitor.rs` and `docs/monitor.md`): one monitor per container
 //! owns the container's stdio, its CRI log, its exit record and its attach socket, and answers
 //! the daemon on a control socket with the `crius-proto` monitor protocol. `infra` runs as a
-//! pod's PID 1 (see `infra.rs`). It must stay tiny: no tonic, no async runtime, one thread,
+//! pod's PID 1 (see `infra.rs`); `userns` creates and pins a pod's user namespace and the
+//! namespaces it owns (see `userns.rs`). It must stay tiny: no tonic, no async runtime, one thread,
 //! nothing per container that the kernel can do for it.
 
 mod attach;
@@ -17,6 +18,7 @@ mod monitor;
 mod oom_watcher;
 mod runtime;
 mod sys;
+mod userns;
 
 use crius_proto::monitor::PingResponse;
 
@@ -38,6 +40,13 @@ fn main() {
             let rest: Vec<String> = args.collect();
             if let Err(e) = infra::main(&rest) {
                 eprintln!("crius-conmon infra: {e}");
+                std::process::exit(1);
+            }
+        }
+        Some("userns") => {
+            let rest: Vec<String> = args.collect();
+            if let Err(e) = userns::main(&rest) {
+                eprintln!("crius-conmon userns: {e}");
                 std::process::exit(1);
             }
         }

@@ -358,3 +358,56 @@ pub fn reset_signals_on_exec(cmd: &mut std::process::Command) {
         });
     }
 }
+
+/// `sethostname(2)` in the calling process's UTS namespace.
+pub fn sethostname(name: &str) -> io::Result<()> {
+    // SAFETY: pointer and length describe `name`'s bytes, valid for the call.
+    check(unsafe { libc::sethostname(name.as_ptr().cast(), name.len()) }).map(|_| ())
+}
+
+fn cpath(path: &std::path::Path) -> io::Result<CString> {
+    use std::os::unix::ffi::OsStrExt;
+    CString::new(path.as_os_str().as_bytes()).map_err(io::Error::other)
+}
+
+/// `mount(src, dst, NULL, MS_BIND, NULL)`.
+pub fn bind_mount(src: &std::path::Path, dst: &std::path::Path) -> io::Result<()> {
+    let (src, dst) = (cpath(src)?, cpath(dst)?);
+    // SAFETY: both are NUL-terminated strings valid for the call; NULL fstype/data are allowed
+    // for a bind mount.
+    check(unsafe {
+        libc::mount(
+            src.as_ptr(),
+            dst.as_ptr(),
+            std::ptr::null(),
+            libc::MS_BIND,
+            std::ptr::null(),
+        )
+    })
+    .map(|_| ())
+}
+
+/// `umount2(path, MNT_DETACH)`.
+pub fn umount_detach(path: &std::path::Path) -> io::Result<()> {
+    let path = cpath(path)?;
+    // SAFETY: NUL-terminated string valid for the call.
+    check(unsafe { libc::umount2(path.as_ptr(), libc::MNT_DETACH) }).map(|_| ())
+}
+
+/// `kill(pid, SIGKILL)`.
+pub fn kill_hard(pid: libc::pid_t) {
+    // SAFETY: plain integers; `pid` is our own child, not yet reaped.
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+}
+
+/// Sets the real, effective and saved ids (groups first, supplementary groups cleared).
+pub fn become_ids(uid: libc::uid_t, gid: libc::gid_t) -> io::Result<()> {
+    // SAFETY: a zero-length list with a null pointer is valid for setgroups; the other calls
+    // take plain integers.
+    unsafe {
+        check(libc::setgroups(0, std::ptr::null()))?;
+        check(libc::setresgid(gid, gid, gid))?;
+        check(libc::setresuid(uid, uid, uid))?;
+    }
+    Ok(())
+}

@@ -772,3 +772,235 @@ async fn hundred_containers_leave_nothing_behind_on_runc_and_crun() {
         .count();
     assert_eq!(zombies, 0);
 }
+
+fn userns_options(host_base: u32) -> cri::UserNamespace {
+    let map = cri::IdMapping {
+        host_id: host_base,
+        container_id: 0,
+        length: 65536,
+    };
+    cri::UserNamespace {
+        mode: cri::NamespaceMode::Pod as i32,
+        uids: vec![map],
+        gids: vec![map],
+    }
+}
+
+fn uid_of_pid(pid: u32) -> String {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))
+        .and_then(|l| l.split_whitespace().next())
+        .unwrap()
+        .to_string()
+}
+
+#[tokio::test]
+async fn user_namespace_pods_map_root_and_idmap_rootfs_and_volumes() {
+    use std::os::unix::fs::MetadataExt;
+    let env = Env::new().await;
+    let handlers = env
+        .rt()
+        .await
+        .status(cri::StatusRequest { verbose: false })
+        .await
+        .unwrap()
+        .into_inner()
+        .runtime_handlers;
+    assert!(!handlers.is_empty());
+    for h in &handlers {
+        assert!(
+            h.features.as_ref().unwrap().user_namespaces,
+            "handler {} does not report user namespaces",
+            h.name
+        );
+    }
+
+    // Refusals name what is wrong and leave nothing behind.
+    let mut bad = env.pod_config("userns-hostnet");
+    {
+        let ns = pods::config(&mut bad)
+            .linux
+            .get_or_insert_with(Default::default)
+            .security_context
+            .get_or_insert_with(Default::default)
+            .namespace_options
+            .get_or_insert_with(Default::default);
+        ns.network = cri::NamespaceMode::Node as i32;
+        ns.userns_options = Some(userns_options(300_000));
+    }
+    let err = env.rt().await.run_pod_sandbox(bad).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");
+    assert!(
+        err.message().contains("host's network"),
+        "{}",
+        err.message()
+    );
+    let mut bad = env.pod_config("userns-noroot");
+    let mut opts = userns_options(300_000);
+    opts.uids[0].container_id = 1;
+    pods::config(&mut bad)
+        .linux
+        .get_or_insert_with(Default::default)
+        .security_context
+        .get_or_insert_with(Default::default)
+        .namespace_options
+        .get_or_insert_with(Default::default)
+        .userns_options = Some(opts);
+    let err = env.rt().await.run_pod_sandbox(bad).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");
+    assert!(
+        err.message().contains("id 0 must be mapped"),
+        "{}",
+        err.message()
+    );
+
+    // A volume owned by host root.
+    let vol = tempfile::tempdir().unwrap();
+    std::fs::write(vol.path().join("f"), "from the host\n").unwrap();
+
+    // runc with a pod-level PID namespace (the infra PID 1 joins the user namespace), crun
+    // with the container's own.
+    for (handler, base, pid_mode) in [
+        ("runc", 200_000u32, cri::NamespaceMode::Pod),
+        ("crun", 265_536u32, cri::NamespaceMode::Container),
+    ] {
+        let mut req = env.pod_config(&format!("userns-{handler}"));
+        req.runtime_handler = handler.into();
+        {
+            let ns = pods::config(&mut req)
+                .linux
+                .get_or_insert_with(Default::default)
+                .security_context
+                .get_or_insert_with(Default::default)
+                .namespace_options
+                .get_or_insert_with(Default::default);
+            ns.pid = pid_mode as i32;
+            ns.userns_options = Some(userns_options(base));
+        }
+        let config = req.config.clone().unwrap();
+        let pod_id = env
+            .rt()
+            .await
+            .run_pod_sandbox(req)
+            .await
+            .unwrap()
+            .into_inner()
+            .pod_sandbox_id;
+        let pod = (pod_id, config);
+        let mut ctr = env.ctr("u", &["sleep", "1000"]);
+        let sc = ctr
+            .linux
+            .as_mut()
+            .unwrap()
+            .security_context
+            .as_mut()
+            .unwrap();
+        sc.namespace_options.as_mut().unwrap().pid = pid_mode as i32;
+        ctr.mounts.push(cri::Mount {
+            container_path: "/vol".into(),
+            host_path: vol.path().display().to_string(),
+            ..Default::default()
+        });
+        let id = env.run(&pod, ctr).await;
+
+        let sh = |script: &str| vec!["sh".to_string(), "-c".to_string(), script.to_string()];
+        let run = |script: &'static str| {
+            let env = &env;
+            let id = id.clone();
+            async move {
+                let cmd = sh(script);
+                let cmd: Vec<&str> = cmd.iter().map(String::as_str).collect();
+                let out = env.exec(&id, &cmd, 10).await;
+                (
+                    out.exit_code,
+                    String::from_utf8_lossy(&out.stdout).trim().to_string(),
+                    String::from_utf8_lossy(&out.stderr).trim().to_string(),
+                )
+            }
+        };
+        // Root inside, an unprivileged uid outside.
+        let (code, out, _) = run("cat /proc/self/uid_map; id -u").await;
+        assert_eq!(code, 0, "{handler}");
+        let words: Vec<&str> = out.split_whitespace().collect();
+        assert_eq!(
+            words,
+            ["0", &base.to_string(), "65536", "0"],
+            "{handler}: {out}"
+        );
+        let st = env
+            .rt()
+            .await
+            .container_status(cri::ContainerStatusRequest {
+                container_id: id.clone(),
+                verbose: true,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let info: serde_json::Value = serde_json::from_str(&st.info["info"]).unwrap();
+        let pid = info["pid"].as_u64().unwrap() as u32;
+        assert_eq!(
+            uid_of_pid(pid),
+            base.to_string(),
+            "{handler}: host uid of the container"
+        );
+
+        // The rootfs and the volume are idmapped: host root's files are root's inside, and
+        // writes work (the rootfs's /etc is copied up, the volume is written through).
+        let (code, out, err) =
+            run("stat -c %u:%g / /bin/busybox /etc /etc/hosts /vol/f; cat /vol/f; echo c > /etc/made && echo v > /vol/made-$(hostname) && echo ok").await;
+        assert_eq!(code, 0, "{handler}: {out} {err}");
+        let lines: Vec<&str> = out.lines().collect();
+        assert_eq!(lines[..5], ["0:0"; 5], "{handler}: {out}");
+        assert_eq!(lines[5..], ["from the host", "ok"], "{handler}: {out}");
+        let made = vol.path().join(format!("made-userns-{handler}"));
+        assert_eq!(
+            std::fs::metadata(&made).unwrap().uid(),
+            0,
+            "{handler}: volume write"
+        );
+        let upper = env
+            .d
+            .paths
+            .root
+            .join("containers")
+            .join(&id)
+            .join("upper/etc/made");
+        let meta = std::fs::metadata(&upper).unwrap();
+        assert_eq!(
+            (meta.uid(), meta.gid()),
+            (base, base),
+            "{handler}: rootfs write"
+        );
+        if pid_mode == cri::NamespaceMode::Pod {
+            // The pod's PID 1 runs as the user namespace's root too.
+            let (code, out, _) = run("stat -c %u /proc/1").await;
+            assert_eq!(
+                (code, out.as_str()),
+                (0, "0"),
+                "{handler}: infra uid inside"
+            );
+        }
+
+        // Teardown leaves no pin, staging or rootfs mount.
+        let mut rt = env.rt().await;
+        rt.stop_pod_sandbox(cri::StopPodSandboxRequest {
+            pod_sandbox_id: pod.0.clone(),
+        })
+        .await
+        .unwrap();
+        rt.remove_pod_sandbox(cri::RemovePodSandboxRequest {
+            pod_sandbox_id: pod.0.clone(),
+        })
+        .await
+        .unwrap();
+    }
+    assert_eq!(crius_e2e::network::mounts_under(&env.d.paths.runroot), 0);
+    assert_eq!(crius_e2e::network::mounts_under(&env.d.paths.root), 0);
+    let staging = std::fs::read_dir(env.d.paths.root.join("i"))
+        .map(|e| e.count())
+        .unwrap_or(0);
+    assert_eq!(staging, 0, "idmap staging dirs left");
+}

@@ -18,6 +18,7 @@ pub mod rootfs;
 pub mod spec;
 
 use std::collections::{BTreeMap, HashMap};
+use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -49,6 +50,9 @@ pub struct Settings {
     pub storage_dir: PathBuf,
     /// `<root>/l`: short links to layer dirs.
     pub links_dir: PathBuf,
+    /// `<root>/i`: idmapped layers and volumes staged while a container of a pod with a user
+    /// namespace is created (see `crate::idmap`).
+    pub idmap_dir: PathBuf,
     pub host: spec::HostView,
 }
 
@@ -144,6 +148,11 @@ impl Containers {
             }
         }
         this.clean_orphans();
+        match crate::idmap::clean_leftovers(&this.settings.idmap_dir) {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(count = n, "released idmapped mounts of interrupted creates"),
+            Err(e) => tracing::warn!(error = %e, "releasing idmapped staging mounts failed"),
+        }
         this.update_gauge();
         Ok((this, report))
     }
@@ -445,17 +454,47 @@ impl Containers {
             });
         }
 
-        // Rootfs.
+        // Rootfs. In a pod user namespace the layers (and the volumes, below) are idmapped
+        // clones, staged until the runtime has made its own mounts of them.
         let lowers = self.images.store.lower_dirs(image);
         let target = bundle.join("rootfs");
-        rootfs::mount(
-            &lowers,
-            &self.settings.links_dir,
-            &storage.join("upper"),
-            &storage.join("work"),
-            &target,
-        )
-        .map_err(io_err("mount rootfs at", &target))?;
+        let (upper, work) = (storage.join("upper"), storage.join("work"));
+        let userns = match (&pod.spec.user_namespace, pod.ns_path("user")) {
+            (None, _) => None,
+            (Some(map), Some(path)) => {
+                let file = std::fs::File::open(&path).map_err(io_err("open", &path))?;
+                Some((map.host_root(), file))
+            }
+            (Some(_), None) => {
+                return Err(Error::FailedPrecondition(format!(
+                    "pod sandbox {} has lost its user namespace",
+                    pod.id
+                )))
+            }
+        };
+        let mut staging = None;
+        match &userns {
+            None => rootfs::mount(&lowers, &self.settings.links_dir, &upper, &work, &target)
+                .map_err(io_err("mount rootfs at", &target))?,
+            Some(((uid, gid), ns)) => {
+                let dir = self.settings.idmap_dir.join(&id[..12]);
+                let mut st = crate::idmap::Staging::new(&dir).map_err(io_err("create", &dir))?;
+                let mut staged = Vec::with_capacity(lowers.len());
+                for lower in &lowers {
+                    staged.push(
+                        st.add(lower, ns.as_fd(), false)
+                            .map_err(io_err("idmapped mount of layer", lower))?,
+                    );
+                }
+                // The merged root takes the upper dir's owner: the container's root.
+                std::fs::create_dir_all(&upper).map_err(io_err("create", &upper))?;
+                std::os::unix::fs::chown(&upper, Some(*uid), Some(*gid))
+                    .map_err(io_err("chown", &upper))?;
+                rootfs::mount_overlay(&staged, &upper, &work, &target)
+                    .map_err(io_err("mount rootfs at", &target))?;
+                staging = Some(st);
+            }
+        }
         {
             let t = target.clone();
             undo.push("unmount rootfs", move || {
@@ -464,6 +503,32 @@ impl Containers {
         }
 
         // The OCI spec.
+        for m in &config.mounts {
+            if !Path::new(&m.host_path).exists() {
+                return Err(Error::InvalidArgument(format!(
+                    "mount {}: host path {:?} does not exist",
+                    m.container_path, m.host_path
+                )));
+            }
+        }
+        let mut staged_config = None;
+        if let (Some((_, ns)), Some(st)) = (&userns, staging.as_mut()) {
+            let mut c = config.clone();
+            // A mount with its own mappings is the runtime's to idmap.
+            for m in c.mounts.iter_mut().filter(|m| m.uid_mappings.is_empty()) {
+                match st.add(Path::new(&m.host_path), ns.as_fd(), true) {
+                    Ok(p) => m.host_path = p.to_string_lossy().into_owned(),
+                    // E.g. a filesystem without idmap support: the volume still works, its
+                    // files show the overflow id inside.
+                    Err(e) => tracing::warn!(
+                        container_id = %id, host_path = %m.host_path, error = %e,
+                        "volume is not idmapped"
+                    ),
+                }
+            }
+            staged_config = Some(c);
+        }
+        let spec_config = staged_config.as_ref().unwrap_or(&config);
         let pod_config: cri::PodSandboxConfig = unb64(&pod.config_pb);
         let view = image_view(&image.config);
         let seccomp_localhost = localhost_seccomp(&config);
@@ -479,7 +544,7 @@ impl Containers {
         }
         let input = spec::SpecInput {
             container_id: &id,
-            config: &config,
+            config: spec_config,
             pod: spec::PodView {
                 sandbox_id: &pod.id,
                 config: &pod_config,
@@ -490,7 +555,7 @@ impl Containers {
                     .infra
                     .as_ref()
                     .map(|i| PathBuf::from(format!("/proc/{}/ns/pid", i.pid))),
-                userns: None,
+                userns: pod.ns_path("user"),
                 hostname: pod.spec.hostname.clone(),
                 resolv_conf: Some(pod.run_dir.join("resolv.conf")),
                 hosts: Some(pod.run_dir.join("hosts")),
@@ -512,14 +577,6 @@ impl Containers {
             host: &host,
         };
         let generated = spec::generate(&input).map_err(Error::from)?;
-        for m in &config.mounts {
-            if !Path::new(&m.host_path).exists() {
-                return Err(Error::InvalidArgument(format!(
-                    "mount {}: host path {:?} does not exist",
-                    m.container_path, m.host_path
-                )));
-            }
-        }
         let spec_json = spec::config_json(&generated.spec).map_err(Error::from)?;
         let config_path = bundle.join("config.json");
         std::fs::write(&config_path, spec_json).map_err(io_err("write", &config_path))?;
@@ -546,6 +603,8 @@ impl Containers {
                 stdin_once: config.stdin_once,
             })
             .map_err(|e| Error::Internal(e.to_string()))?;
+        // The runtime has its own mounts of the staged ones now.
+        drop(staging);
         {
             let (rt, cid) = (runtime.clone(), id.clone());
             undo.push("delete runtime container", move || {

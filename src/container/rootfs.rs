@@ -2,7 +2,9 @@
 //! upper and work dir.
 //!
 //! Lower dirs are passed through short symlinks (`<root>/l/<12 hex>` → the layer dir) so that
-//! the mount option string stays under the kernel's one-page limit even with many layers.
+//! the mount option string stays under the kernel's one-page limit even with many layers; in a
+//! pod user namespace they are idmapped clones staged under `<root>/i` (see `crate::idmap`),
+//! equally short.
 //! Blocking. Must not know about records.
 
 use std::path::{Path, PathBuf};
@@ -18,9 +20,6 @@ pub fn mount(
     target: &Path,
 ) -> std::io::Result<()> {
     std::fs::create_dir_all(links_dir)?;
-    for dir in [upper, work, target] {
-        std::fs::create_dir_all(dir)?;
-    }
     let mut short = Vec::with_capacity(lowers.len());
     for lower in lowers {
         let name = lower
@@ -47,7 +46,20 @@ pub fn mount(
         }
         short.push(link);
     }
-    let lowerdir = short
+    mount_overlay(&short, upper, work, target)
+}
+
+/// Mounts an overlay of `lowers` (top layer first, paths used as given) at `target`.
+pub fn mount_overlay(
+    lowers: &[PathBuf],
+    upper: &Path,
+    work: &Path,
+    target: &Path,
+) -> std::io::Result<()> {
+    for dir in [upper, work, target] {
+        std::fs::create_dir_all(dir)?;
+    }
+    let lowerdir = lowers
         .iter()
         .map(|p| p.to_string_lossy().into_owned())
         .collect::<Vec<_>>()

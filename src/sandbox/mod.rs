@@ -18,6 +18,7 @@ pub mod record;
 pub mod rollback;
 pub mod spec;
 pub mod sysctl;
+pub mod userns;
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -48,6 +49,8 @@ pub struct Settings {
     pub monitor: PathBuf,
     /// Host `resolv.conf`, used when a pod has no DNS config.
     pub host_resolv_conf: PathBuf,
+    /// Whether pods may have a user namespace (the startup probe's verdict, see `userns::probe`).
+    pub user_namespaces: std::result::Result<(), String>,
 }
 
 /// A `ListPodSandbox` filter.
@@ -171,6 +174,11 @@ impl Sandboxes {
         }
     }
 
+    /// Whether pods may have a user namespace on this node (the startup probe passed).
+    pub fn supports_user_namespaces(&self) -> bool {
+        self.settings.user_namespaces.is_ok()
+    }
+
     pub fn get(&self, id: &str) -> Option<Arc<SandboxRecord>> {
         self.records.get(id)
     }
@@ -271,8 +279,18 @@ impl Sandboxes {
         let ns_dir = run_dir.join("ns");
         let hostname =
             (!host_network && !spec.hostname.is_empty()).then_some(spec.hostname.as_str());
-        let pinned = crius_cni::create_pinned(&kinds, &ns_dir, hostname)
-            .map_err(|e| Error::Internal(format!("pod namespaces: {e}")))?;
+        let pinned = match &spec.user_namespace {
+            None => crius_cni::create_pinned(&kinds, &ns_dir, hostname)
+                .map_err(|e| Error::Internal(format!("pod namespaces: {e}")))?,
+            Some(userns) => {
+                if let Err(why) = &self.settings.user_namespaces {
+                    return Err(Error::FailedPrecondition(format!(
+                        "pod user namespaces are not available on this node: {why}"
+                    )));
+                }
+                userns::create_pinned(&self.settings.monitor, &ns_dir, &kinds, hostname, userns)?
+            }
+        };
         {
             let dir = ns_dir.clone();
             undo.push("unpin namespaces", move || {
@@ -319,6 +337,7 @@ impl Sandboxes {
         if spec.namespaces.pid == NsMode::Pod {
             let mut ns_args: Vec<(&str, PathBuf)> = Vec::new();
             for (flag, kind) in [
+                ("--userns", NsKind::User),
                 ("--netns", NsKind::Net),
                 ("--ipcns", NsKind::Ipc),
                 ("--utsns", NsKind::Uts),
@@ -394,6 +413,19 @@ impl Sandboxes {
         ] {
             let path = run_dir.join(name);
             files::write_file(&path, &contents).map_err(io_err("write", &path))?;
+        }
+        // In a user namespace the pod's files belong to its root, as they would on the host.
+        if let Some(userns) = &spec.user_namespace {
+            let (uid, gid) = userns.host_root();
+            let mut owned = vec!["resolv.conf", "hostname", "hosts"];
+            if spec.namespaces.ipc != NsMode::Node {
+                owned.push("shm");
+            }
+            for name in owned {
+                let path = run_dir.join(name);
+                std::os::unix::fs::chown(&path, Some(uid), Some(gid))
+                    .map_err(io_err("chown", &path))?;
+            }
         }
 
         let rec = SandboxRecord {
@@ -566,6 +598,7 @@ fn orphan_spec() -> PodSpec {
         sysctls: Default::default(),
         runtime_handler: String::new(),
         privileged: false,
+        user_namespace: None,
     }
 }
 

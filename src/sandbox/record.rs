@@ -101,6 +101,41 @@ pub struct Infra {
     pub start_time: u64,
 }
 
+/// One line of a user namespace mapping: ids `container_id..+length` inside are
+/// `host_id..+length` on the host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IdMap {
+    pub container_id: u32,
+    pub host_id: u32,
+    pub length: u32,
+}
+
+/// The pod's user namespace (`userns_options` mode POD with the kubelet's mappings).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UserNamespace {
+    pub uids: Vec<IdMap>,
+    pub gids: Vec<IdMap>,
+}
+
+impl UserNamespace {
+    /// The host uid and gid of the namespace's root (validated to be mapped).
+    pub fn host_root(&self) -> (u32, u32) {
+        let root = |maps: &[IdMap]| {
+            maps.iter()
+                .find(|m| m.container_id == 0)
+                .map_or(u32::MAX, |m| m.host_id)
+        };
+        (root(&self.uids), root(&self.gids))
+    }
+
+    /// `C:H:L` arguments for `crius-conmon userns`.
+    pub fn args(maps: &[IdMap]) -> Vec<String> {
+        maps.iter()
+            .map(|m| format!("{}:{}:{}", m.container_id, m.host_id, m.length))
+            .collect()
+    }
+}
+
 /// What a RunPodSandbox asked for, validated.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PodSpec {
@@ -123,6 +158,9 @@ pub struct PodSpec {
     pub sysctls: BTreeMap<String, String>,
     pub runtime_handler: String,
     pub privileged: bool,
+    /// A pod user namespace; `None` = the host's.
+    #[serde(default)]
+    pub user_namespace: Option<UserNamespace>,
 }
 
 impl PodSpec {
@@ -149,7 +187,7 @@ pub struct SandboxRecord {
     pub created_at: i64,
     /// `<runroot>/pods/<id>`: namespace pins, resolv.conf, hostname, hosts, shm.
     pub run_dir: PathBuf,
-    /// Pinned namespaces (`net`, `ipc`, `uts`), under `run_dir/ns`; empty once stopped.
+    /// Pinned namespaces (`net`, `ipc`, `uts`, `user`), under `run_dir/ns`; empty once stopped.
     pub pinned: Vec<String>,
     /// The CNI network joined (empty for hostNetwork pods).
     pub network: String,
@@ -174,7 +212,7 @@ impl SandboxRecord {
         self.run_dir.join("ns")
     }
 
-    /// Path of a pinned namespace (`net`, `ipc`, `uts`) while the pod holds it.
+    /// Path of a pinned namespace (`net`, `ipc`, `uts`, `user`) while the pod holds it.
     pub fn ns_path(&self, kind: &str) -> Option<PathBuf> {
         self.pinned
             .iter()

@@ -9,7 +9,9 @@ use std::net::IpAddr;
 
 use k8s_cri::v1 as cri;
 
-use super::record::{DnsConfig, NamespaceModes, NsMode, PodSpec, PortMapping};
+use super::record::{
+    DnsConfig, IdMap, NamespaceModes, NsMode, PodSpec, PortMapping, UserNamespace,
+};
 use super::sysctl;
 use crate::cgroups::{self, Limits};
 use crate::config::{CgroupDriver, Config};
@@ -84,11 +86,24 @@ pub fn pod_spec(req: &cri::RunPodSandboxRequest, config: &Config) -> Result<PodS
             "namespace_options.ipc must be POD or NODE for a pod sandbox",
         ));
     }
-    if let Some(userns) = &ns.userns_options {
-        if userns.mode != cri::NamespaceMode::Node as i32 {
-            return Err(invalid(
-                "user namespaces (userns_options mode POD) are not supported by crius yet",
-            ));
+    let user_namespace = match &ns.userns_options {
+        Some(userns) => user_namespace(userns)?,
+        None => None,
+    };
+    if user_namespace.is_some() {
+        for (what, host) in [
+            ("network", namespaces.network == NsMode::Node),
+            ("ipc", namespaces.ipc == NsMode::Node),
+            ("pid", namespaces.pid == NsMode::Node),
+        ] {
+            if host {
+                return Err(invalid(format!(
+                    "a pod with a user namespace cannot use the host's {what} namespace"
+                )));
+            }
+        }
+        if security.privileged {
+            return Err(invalid("a pod with a user namespace cannot be privileged"));
         }
     }
 
@@ -201,7 +216,69 @@ pub fn pod_spec(req: &cri::RunPodSandboxRequest, config: &Config) -> Result<PodS
         sysctls,
         runtime_handler,
         privileged: security.privileged,
+        user_namespace,
     })
+}
+
+/// `userns_options`: NODE (or POD without mappings, from a kubelet that knows none) is the
+/// host's user namespace; POD with mappings is a pod user namespace. The container root must be
+/// mapped, at most 340 lines (the kernel's limit), no line may overflow.
+fn user_namespace(userns: &cri::UserNamespace) -> Result<Option<UserNamespace>, Error> {
+    const FIELD: &str = "namespace_options.userns_options";
+    match NsMode::from_cri(userns.mode) {
+        Some(NsMode::Node) => return Ok(None),
+        Some(NsMode::Pod) if userns.uids.is_empty() && userns.gids.is_empty() => return Ok(None),
+        Some(NsMode::Pod) => {}
+        _ => {
+            return Err(invalid(format!(
+                "{FIELD}: mode must be POD or NODE, not {}",
+                userns.mode
+            )))
+        }
+    }
+    let maps = |what: &str, given: &[cri::IdMapping]| -> Result<Vec<IdMap>, Error> {
+        if given.is_empty() || given.len() > 340 {
+            return Err(invalid(format!(
+                "{FIELD}.{what}: 1 to 340 mappings are required, got {}",
+                given.len()
+            )));
+        }
+        let mut out: Vec<IdMap> = Vec::with_capacity(given.len());
+        for (i, m) in given.iter().enumerate() {
+            let map = IdMap {
+                container_id: m.container_id,
+                host_id: m.host_id,
+                length: m.length,
+            };
+            let end = |start: u32| u64::from(start) + u64::from(map.length);
+            if map.length == 0 || end(map.container_id) > 1 << 32 || end(map.host_id) > 1 << 32 {
+                return Err(invalid(format!(
+                    "{FIELD}.{what}[{i}]: {} {} {} is not a valid mapping",
+                    m.container_id, m.host_id, m.length
+                )));
+            }
+            let overlaps = |o: &IdMap| {
+                u64::from(o.container_id) < end(map.container_id)
+                    && u64::from(map.container_id) < u64::from(o.container_id) + u64::from(o.length)
+            };
+            if out.iter().any(overlaps) {
+                return Err(invalid(format!(
+                    "{FIELD}.{what}[{i}]: container ids overlap an earlier mapping"
+                )));
+            }
+            out.push(map);
+        }
+        if !out.iter().any(|m| m.container_id == 0) {
+            return Err(invalid(format!(
+                "{FIELD}.{what}: the container's id 0 must be mapped"
+            )));
+        }
+        Ok(out)
+    };
+    Ok(Some(UserNamespace {
+        uids: maps("uids", &userns.uids)?,
+        gids: maps("gids", &userns.gids)?,
+    }))
 }
 
 /// Adds pod overhead to pod resources: memory and CPU quota add up, shares add up, the cpuset
@@ -357,5 +434,78 @@ mod tests {
         assert_eq!(spec.limits.cpu_shares, 514);
         assert_eq!(spec.port_mappings.len(), 1);
         assert_eq!(spec.port_mappings[0].protocol, "udp");
+    }
+
+    fn with_userns(
+        uids: Vec<(u32, u32, u32)>,
+        gids: Vec<(u32, u32, u32)>,
+    ) -> cri::RunPodSandboxRequest {
+        let maps = |v: Vec<(u32, u32, u32)>| {
+            v.into_iter()
+                .map(|(container_id, host_id, length)| cri::IdMapping {
+                    container_id,
+                    host_id,
+                    length,
+                })
+                .collect()
+        };
+        let mut r = request();
+        r.config.as_mut().unwrap().linux = Some(cri::LinuxPodSandboxConfig {
+            security_context: Some(cri::LinuxSandboxSecurityContext {
+                namespace_options: Some(cri::NamespaceOption {
+                    userns_options: Some(cri::UserNamespace {
+                        mode: cri::NamespaceMode::Pod as i32,
+                        uids: maps(uids),
+                        gids: maps(gids),
+                    }),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+        r
+    }
+
+    #[test]
+    fn user_namespace_mappings_are_validated() {
+        let kubelet = vec![(0, 65536, 65536)];
+        let spec = pod_spec(
+            &with_userns(kubelet.clone(), kubelet.clone()),
+            &Config::default(),
+        )
+        .unwrap();
+        let userns = spec.user_namespace.unwrap();
+        assert_eq!(userns.host_root(), (65536, 65536));
+        assert_eq!(UserNamespace::args(&userns.uids), ["0:65536:65536"]);
+        // POD without mappings is an older kubelet: the host's user namespace.
+        let spec = pod_spec(&with_userns(vec![], vec![]), &Config::default()).unwrap();
+        assert!(spec.user_namespace.is_none());
+
+        for (uids, want) in [
+            (vec![], "uids: 1 to 340 mappings"),
+            (vec![(1, 65536, 10)], "id 0 must be mapped"),
+            (
+                vec![(0, 65536, 0)],
+                "uids[0]: 0 65536 0 is not a valid mapping",
+            ),
+            (vec![(0, u32::MAX, 2)], "is not a valid mapping"),
+            (
+                vec![(0, 65536, 100), (50, 200000, 10)],
+                "uids[1]: container ids overlap",
+            ),
+        ] {
+            let msg = err_of(&with_userns(uids, kubelet.clone()));
+            assert!(msg.contains(want), "{msg:?} lacks {want:?}");
+        }
+        let mut r = with_userns(kubelet.clone(), kubelet.clone());
+        let ns = r.config.as_mut().unwrap().linux.as_mut().unwrap();
+        let sc = ns.security_context.as_mut().unwrap();
+        sc.namespace_options.as_mut().unwrap().pid = cri::NamespaceMode::Node as i32;
+        assert!(err_of(&r).contains("host's pid namespace"));
+        let mut r = with_userns(kubelet.clone(), kubelet);
+        let ns = r.config.as_mut().unwrap().linux.as_mut().unwrap();
+        ns.security_context.as_mut().unwrap().privileged = true;
+        assert!(err_of(&r).contains("cannot be privileged"));
     }
 }

@@ -17,6 +17,7 @@ fn open(dir: &Path, network: Arc<FakeNetwork>) -> Arc<Sandboxes> {
         shm_size: 1 << 20,
         monitor: PathBuf::from("/nonexistent/crius-conmon"),
         host_resolv_conf: PathBuf::from("/etc/resolv.conf"),
+        user_namespaces: Err("not probed in unit tests".into()),
     };
     let metrics = Metrics::new().unwrap();
     Sandboxes::open(&dir.join("root"), settings, network, None, metrics)

@@ -39,7 +39,10 @@ pub async fn status(daemon: &Daemon, req: StatusRequest) -> Result<StatusRespons
                 recursive_read_only_mounts: daemon
                     .containers()
                     .is_ok_and(|c| c.handler_supports_rro(name)),
-                user_namespaces: false,
+                // Both handlers: crius idmaps the rootfs layers and volumes itself.
+                user_namespaces: daemon
+                    .sandboxes()
+                    .is_ok_and(|s| s.supports_user_namespaces()),
             }),
         })
         .collect();
