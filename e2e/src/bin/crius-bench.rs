@@ -315,6 +315,9 @@ async fn main() {
         "crius-bench: {STARTS} starts, {CALLS} Version calls on one connection (binary {})",
         crius_bin().display()
     );
+    // Sections to run: all by default, or those named on the command line.
+    let only: Vec<String> = std::env::args().skip(1).collect();
+    let wanted = |name: &str| only.is_empty() || only.iter().any(|o| o == name);
     let subjects = [
         Subject {
             name: "crius",
@@ -325,12 +328,20 @@ async fn main() {
             prepare: containerd,
         },
     ];
-    for s in &subjects {
-        bench(s).await;
+    if wanted("startup") {
+        for s in &subjects {
+            bench(s).await;
+        }
     }
-    bench_pull().await;
-    bench_pods().await;
-    bench_containers().await;
+    if wanted("pull") {
+        bench_pull().await;
+    }
+    if wanted("pods") {
+        bench_pods().await;
+    }
+    if wanted("containers") {
+        bench_containers().await;
+    }
 }
 
 const CONTAINERS: usize = 50;
@@ -488,6 +499,7 @@ async fn bench_containers() {
     summary("crius StopContainer (timeout 0)", stop);
     summary("crius RemoveContainer", remove);
     println!("  crius-conmon RSS of an idle container: {monitor_rss} KiB");
+    bench_userns(&d, &config).await;
     let mut rt = d.runtime().await;
     let _ = rt
         .stop_pod_sandbox(cri::StopPodSandboxRequest {
@@ -503,10 +515,99 @@ async fn bench_containers() {
 
 const PODS: usize = 100;
 
+/// The same containers in a pod with a user namespace (idmapped layers and pinning through
+/// `crius-conmon userns`), and RunPodSandbox+Stop+Remove of such pods.
+async fn bench_userns(
+    d: &crius_e2e::daemon::Daemon,
+    config: &dyn Fn(usize) -> k8s_cri::v1::ContainerConfig,
+) {
+    use k8s_cri::v1 as cri;
+    let mut rt = d.runtime().await;
+    let userns_pod = |name: String| {
+        let mut req = crius_e2e::pods::pod(&name);
+        let map = cri::IdMapping {
+            host_id: 1 << 20,
+            container_id: 0,
+            length: 65536,
+        };
+        crius_e2e::pods::config(&mut req)
+            .linux
+            .get_or_insert_with(Default::default)
+            .security_context
+            .get_or_insert_with(Default::default)
+            .namespace_options
+            .get_or_insert_with(Default::default)
+            .userns_options = Some(cri::UserNamespace {
+            mode: cri::NamespaceMode::Pod as i32,
+            uids: vec![map],
+            gids: vec![map],
+        });
+        req
+    };
+    println!(
+        "
+user namespaces: {CONTAINERS} containers in a pod with a user namespace, {USERNS_PODS} such pods"
+    );
+    let req = userns_pod("bench-userns".into());
+    let pod_config = req.config.clone();
+    let pod = rt
+        .run_pod_sandbox(req)
+        .await
+        .expect("userns pod")
+        .into_inner()
+        .pod_sandbox_id;
+    let mut create_start = Vec::new();
+    for i in 0..CONTAINERS {
+        let t = Instant::now();
+        let id = rt
+            .create_container(cri::CreateContainerRequest {
+                pod_sandbox_id: pod.clone(),
+                config: Some(config(i)),
+                sandbox_config: pod_config.clone(),
+            })
+            .await
+            .expect("CreateContainer (userns)")
+            .into_inner()
+            .container_id;
+        rt.start_container(cri::StartContainerRequest {
+            container_id: id.clone(),
+        })
+        .await
+        .expect("StartContainer (userns)");
+        create_start.push(t.elapsed());
+        let _ = rt
+            .remove_container(cri::RemoveContainerRequest { container_id: id })
+            .await;
+    }
+    let _ = rt
+        .remove_pod_sandbox(cri::RemovePodSandboxRequest {
+            pod_sandbox_id: pod,
+        })
+        .await;
+    let mut run = Vec::new();
+    for i in 0..USERNS_PODS {
+        let t = Instant::now();
+        let id = rt
+            .run_pod_sandbox(userns_pod(format!("bench-userns-{i}")))
+            .await
+            .expect("RunPodSandbox (userns)")
+            .into_inner()
+            .pod_sandbox_id;
+        run.push(t.elapsed());
+        let _ = rt
+            .remove_pod_sandbox(cri::RemovePodSandboxRequest { pod_sandbox_id: id })
+            .await;
+    }
+    summary("crius CreateContainer+Start (userns)", create_start);
+    summary("crius RunPodSandbox (userns)", run);
+}
+
+const USERNS_PODS: usize = 30;
+
 fn summary(name: &str, mut samples: Vec<Duration>) {
     samples.sort();
     println!(
-        "  {name:<34} p50 {:>9}  p99 {:>9}",
+        "  {name:<38} p50 {:>9}  p99 {:>9}",
         ms(percentile(&samples, 0.5)),
         ms(percentile(&samples, 0.99))
     );
