@@ -184,7 +184,10 @@ impl Daemon {
                     storage_dir: root.join("containers"),
                     links_dir: root.join("l"),
                     idmap_dir: root.join("i"),
-                    host: crate::container::host::detect(),
+                    host: crate::container::spec::HostView {
+                        pids_limit: config.runtime.pids_limit,
+                        ..crate::container::host::detect()
+                    },
                 };
                 let (containers, container_report) = Containers::open(
                     &root,
@@ -339,13 +342,15 @@ fn runtimes(config: &Config) -> std::collections::BTreeMap<String, Arc<dyn OciRu
             } else {
                 monitor_binary(&h.monitor_path)
             };
-            let rro = crate::runtime::oci::probe_rro(&binary);
+            let options = crate::runtime::oci::probe_mount_options(&binary);
+            let has = |o: &str| options.iter().any(|x| x == o);
             let rt: Arc<dyn OciRuntime> = Arc::new(Monitored {
                 name: name.clone(),
+                rro: has("rro"),
+                idmap: has("idmap"),
                 binary,
                 root,
                 monitor,
-                rro,
             });
             (name.clone(), rt)
         })

@@ -60,6 +60,8 @@ pub struct RuntimeConfig {
     /// The `crius-conmon` binary (monitor and pod infra process): absolute, or a bare name looked
     /// up next to the `crius` binary, then on `PATH`.
     pub monitor_path: PathBuf,
+    /// Maximum number of processes per container (the pids cgroup); 0 = no limit.
+    pub pids_limit: i64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -197,6 +199,7 @@ impl Default for RuntimeConfig {
             cgroup_driver: CgroupDriver::Cgroupfs,
             handlers: [handler("runc"), handler("crun")].into_iter().collect(),
             monitor_path: PathBuf::from("crius-conmon"),
+            pids_limit: 0,
         }
     }
 }

@@ -65,6 +65,12 @@ impl Config {
         if self.runtime.monitor_path.as_os_str().is_empty() {
             return fail("runtime.monitor_path", "must not be empty");
         }
+        if self.runtime.pids_limit < 0 {
+            return fail(
+                "runtime.pids_limit",
+                "must be 0 (no limit) or a positive count",
+            );
+        }
         if self.pod.shm_size < 4096 {
             return fail("pod.shm_size", "must be at least 4096 bytes");
         }

@@ -93,8 +93,11 @@ pub fn detect() -> HostView {
         cgroup_v2,
         devices: Vec::new(),
         arch: std::env::consts::ARCH.to_string(),
-        // Pod user namespaces are refused at RunPodSandbox for now.
+        // Volumes of pods with a user namespace are idmapped by crius itself before the runtime
+        // sees them (src/idmap.rs), so the spec never asks the runtime for it.
         idmap_mounts: false,
+        // From the configuration, set by the caller.
+        pids_limit: 0,
     }
 }
 

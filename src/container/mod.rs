@@ -174,10 +174,7 @@ impl Containers {
                 .ok()
                 .and_then(|s| s.trim().parse::<u32>().ok())
             {
-                let ours = std::fs::read(format!("/proc/{pid}/cmdline"))
-                    .map(|c| c.windows(id.len()).any(|w| w == id.as_bytes()))
-                    .unwrap_or(false);
-                if ours {
+                if cmdline_names(pid, &id) {
                     kill_pid(pid);
                 }
             }
@@ -315,7 +312,7 @@ impl Containers {
                 }
             }
             None => {
-                if process_alive(rec.monitor_pid) {
+                if monitor_alive(&rec) {
                     return Ok(rec);
                 }
                 // A monitor that just exited may still be renaming its exit record into place.
@@ -428,6 +425,19 @@ impl Containers {
             if !runtime.supports_rro() {
                 return Err(Error::InvalidArgument(format!(
                     "mount {}: recursive read-only mounts are not supported by runtime handler {:?}",
+                    m.container_path,
+                    runtime.name()
+                )));
+            }
+        }
+        if let Some(m) = config
+            .mounts
+            .iter()
+            .find(|m| !m.uid_mappings.is_empty() || !m.gid_mappings.is_empty())
+        {
+            if !runtime.supports_idmap() {
+                return Err(Error::InvalidArgument(format!(
+                    "mount {}: idmapped mounts with their own mappings are not supported by runtime handler {:?}",
                     m.container_path,
                     runtime.name()
                 )));
@@ -779,7 +789,7 @@ impl Containers {
     fn wait_exit(&self, rec: &ContainerRecord, timeout: Duration) -> bool {
         let deadline = Instant::now() + timeout;
         loop {
-            if monitor::read_exit(&rec.monitor_dir).is_some() || !process_alive(rec.monitor_pid) {
+            if monitor::read_exit(&rec.monitor_dir).is_some() || !monitor_alive(rec) {
                 return true;
             }
             if Instant::now() >= deadline {
@@ -815,7 +825,7 @@ impl Containers {
         };
         let runtime = self.runtime(&rec.runtime_handler)?.clone();
         runtime.delete(id).map_err(Error::from)?;
-        if process_alive(rec.monitor_pid) {
+        if monitor_alive(&rec) {
             kill_pid(rec.monitor_pid);
         }
         rootfs::unmount(&rec.rootfs()).map_err(io_err("unmount", &rec.rootfs()))?;
@@ -960,6 +970,19 @@ fn localhost_seccomp(config: &cri::ContainerConfig) -> Option<String> {
 
 const SIGKILL: i32 = 9;
 
+/// Whether the container's monitor still runs: the recorded pid is alive *and* its command line
+/// names this container (after a reboot or a long downtime the pid may be anybody's).
+fn monitor_alive(rec: &ContainerRecord) -> bool {
+    process_alive(rec.monitor_pid) && cmdline_names(rec.monitor_pid, &rec.id)
+}
+
+/// Whether `/proc/<pid>/cmdline` contains `id`.
+fn cmdline_names(pid: u32, id: &str) -> bool {
+    std::fs::read(format!("/proc/{pid}/cmdline"))
+        .map(|c| c.windows(id.len()).any(|w| w == id.as_bytes()))
+        .unwrap_or(false)
+}
+
 fn process_alive(pid: u32) -> bool {
     if pid == 0 {
         return false;
@@ -973,5 +996,21 @@ fn process_alive(pid: u32) -> bool {
 fn kill_pid(pid: u32) {
     if let Some(p) = rustix::process::Pid::from_raw(pid as i32) {
         let _ = rustix::process::kill_process(p, rustix::process::Signal::KILL);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_live_pid_is_our_monitor_only_if_its_command_line_names_the_container() {
+        let me = std::process::id();
+        assert!(process_alive(me));
+        let argv0 = std::env::args().next().unwrap_or_default();
+        assert!(cmdline_names(me, &argv0));
+        // After a reboot the recorded pid may be anybody's: not ours unless it names the id.
+        assert!(!cmdline_names(me, &"ab".repeat(32)));
+        assert!(!cmdline_names(u32::MAX, &argv0));
     }
 }

@@ -1,10 +1,12 @@
 //! The container root filesystem: an overlayfs of the image's layers with a per-container
 //! upper and work dir.
 //!
-//! Lower dirs are passed through short symlinks (`<root>/l/<12 hex>` → the layer dir) so that
-//! the mount option string stays under the kernel's one-page limit even with many layers; in a
-//! pod user namespace they are idmapped clones staged under `<root>/i` (see `crate::idmap`),
-//! equally short.
+//! Where the kernel has it (Linux ≥ 6.8) the overlay is built with the new mount API, one
+//! `fsconfig("lowerdir+")` per layer: no option string, so no limit on layers or path lengths.
+//! Older kernels get the classic option string, with lower dirs passed through short symlinks
+//! (`<root>/l/<12 hex>` → the layer dir) to stay under the one-page limit (about 120 layers).
+//! In a pod user namespace the lower dirs are idmapped clones staged under `<root>/i` (see
+//! `crate::idmap`), equally short.
 //! Blocking. Must not know about records.
 
 use std::path::{Path, PathBuf};
@@ -19,6 +21,12 @@ pub fn mount(
     work: &Path,
     target: &Path,
 ) -> std::io::Result<()> {
+    for dir in [upper, work, target] {
+        std::fs::create_dir_all(dir)?;
+    }
+    if let Some(done) = mount_layer_by_layer(lowers, upper, work, target) {
+        return done;
+    }
     std::fs::create_dir_all(links_dir)?;
     let mut short = Vec::with_capacity(lowers.len());
     for lower in lowers {
@@ -46,7 +54,7 @@ pub fn mount(
         }
         short.push(link);
     }
-    mount_overlay(&short, upper, work, target)
+    mount_with_options(&short, upper, work, target)
 }
 
 /// Mounts an overlay of `lowers` (top layer first, paths used as given) at `target`.
@@ -59,6 +67,67 @@ pub fn mount_overlay(
     for dir in [upper, work, target] {
         std::fs::create_dir_all(dir)?;
     }
+    match mount_layer_by_layer(lowers, upper, work, target) {
+        Some(done) => done,
+        None => mount_with_options(lowers, upper, work, target),
+    }
+}
+
+/// The new mount API (Linux ≥ 6.8): one `fsconfig("lowerdir+")` per layer, so no option string
+/// and no length limit. `None` when the kernel does not know `lowerdir+` (or `fsopen`): the
+/// caller falls back to the classic option string.
+fn mount_layer_by_layer(
+    lowers: &[PathBuf],
+    upper: &Path,
+    work: &Path,
+    target: &Path,
+) -> Option<std::io::Result<()>> {
+    use rustix::mount::{
+        fsconfig_create, fsconfig_set_string, fsmount, fsopen, move_mount, FsMountFlags,
+        FsOpenFlags, MountAttrFlags, MoveMountFlags,
+    };
+    let fs = match fsopen("overlay", FsOpenFlags::FSOPEN_CLOEXEC) {
+        Ok(fs) => fs,
+        Err(_) => return None,
+    };
+    let mut first = true;
+    for lower in lowers {
+        match fsconfig_set_string(&fs, "lowerdir+", lower) {
+            Ok(()) => first = false,
+            Err(e) if first && e == rustix::io::Errno::INVAL => return None,
+            Err(e) => return Some(Err(layer_error(lower, e))),
+        }
+    }
+    let result = (|| {
+        fsconfig_set_string(&fs, "upperdir", upper)?;
+        fsconfig_set_string(&fs, "workdir", work)?;
+        fsconfig_create(&fs)?;
+        let mnt = fsmount(&fs, FsMountFlags::FSMOUNT_CLOEXEC, MountAttrFlags::empty())?;
+        move_mount(
+            &mnt,
+            "",
+            rustix::fs::CWD,
+            target,
+            MoveMountFlags::MOVE_MOUNT_F_EMPTY_PATH,
+        )
+    })();
+    Some(result.map_err(std::io::Error::from))
+}
+
+fn layer_error(lower: &Path, e: rustix::io::Errno) -> std::io::Error {
+    std::io::Error::new(
+        std::io::Error::from(e).kind(),
+        format!("overlay layer {}: {e}", lower.display()),
+    )
+}
+
+/// The classic `mount(2)` with `lowerdir=a:b:...` (one page at most).
+fn mount_with_options(
+    lowers: &[PathBuf],
+    upper: &Path,
+    work: &Path,
+    target: &Path,
+) -> std::io::Result<()> {
     let lowerdir = lowers
         .iter()
         .map(|p| p.to_string_lossy().into_owned())
@@ -164,5 +233,66 @@ mod tests {
         unmount(&target).unwrap();
         assert!(dir.path().join("upper/c").exists());
         assert!(!l1.join("c").exists());
+    }
+
+    #[test]
+    fn a_hundred_and_twenty_eight_long_layer_paths_fit_the_mount_options() {
+        if !rustix::process::geteuid().is_root() {
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        // Real layer dirs: <root>/layers/<64 hex chain id>, far too long to list 128 of.
+        let store = dir.path().join("a-long-image-store-path/layers");
+        let lowers: Vec<PathBuf> = (0..128)
+            .map(|i| {
+                let layer = store.join(format!("{i:064x}"));
+                std::fs::create_dir_all(&layer).unwrap();
+                std::fs::write(layer.join(format!("f{i}")), "x").unwrap();
+                layer
+            })
+            .collect();
+        let plain: usize = lowers.iter().map(|l| l.as_os_str().len() + 1).sum();
+        assert!(
+            plain > 4096,
+            "the test needs paths that would not fit: {plain}"
+        );
+        let target = dir.path().join("rootfs");
+        mount(
+            &lowers,
+            &dir.path().join("l"),
+            &dir.path().join("upper"),
+            &dir.path().join("work"),
+            &target,
+        )
+        .unwrap();
+        let seen = std::fs::read_dir(&target).unwrap().count();
+        unmount(&target).unwrap();
+        assert_eq!(seen, 128);
+    }
+
+    #[test]
+    fn the_classic_option_string_path_mounts_too() {
+        if !rustix::process::geteuid().is_root() {
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let (l1, l2) = (dir.path().join("l1"), dir.path().join("l2"));
+        for (l, f) in [(&l1, "a"), (&l2, "b")] {
+            std::fs::create_dir_all(l).unwrap();
+            std::fs::write(l.join(f), f).unwrap();
+        }
+        let target = dir.path().join("rootfs");
+        let (upper, work) = (dir.path().join("upper"), dir.path().join("work"));
+        for d in [&upper, &work, &target] {
+            std::fs::create_dir_all(d).unwrap();
+        }
+        mount_with_options(&[l2, l1], &upper, &work, &target).unwrap();
+        let mut seen: Vec<String> = std::fs::read_dir(&target)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        unmount(&target).unwrap();
+        seen.sort();
+        assert_eq!(seen, ["a", "b"]);
     }
 }

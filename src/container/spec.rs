@@ -136,6 +136,8 @@ pub struct HostView {
     /// The runtime handler can idmap bind mounts (crun; runc from 1.2): CRI mounts of a pod
     /// with a user namespace get the pod's mappings so that volumes stay usable.
     pub idmap_mounts: bool,
+    /// `[runtime] pids_limit`: > 0 caps every container's pids cgroup; 0 = no limit.
+    pub pids_limit: i64,
 }
 
 /// Everything [`generate`] reads.
@@ -288,6 +290,13 @@ pub fn generate(input: &SpecInput) -> Result<Generated, SpecError> {
         .unwrap_or(&default_resources);
     let mut resources = linux::linux_resources(cri_resources, input.host.cgroup_v2)?;
     resources.set_devices(Some(device_rules));
+    if input.host.pids_limit > 0 {
+        resources.set_pids(Some(
+            oci_spec::runtime::LinuxPidsBuilder::default()
+                .limit(input.host.pids_limit)
+                .build()?,
+        ));
+    }
     let oom_score_adj = linux::oom_score_adj(cri_resources.oom_score_adj, input.host);
     let sysctl = linux::sysctls(&input.pod)?;
     let nofile = input

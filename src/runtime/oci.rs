@@ -94,6 +94,8 @@ pub trait OciRuntime: Send + Sync + 'static {
     fn name(&self) -> &str;
     /// Whether the runtime applies the `rro` (recursive read-only) mount option.
     fn supports_rro(&self) -> bool;
+    /// Whether the runtime makes idmapped mounts from a mount's own `uidMappings`/`gidMappings`.
+    fn supports_idmap(&self) -> bool;
     /// Creates the container (not started) under a new monitor.
     fn create(&self, req: &CreateRequest<'_>) -> Result<Created, RuntimeError>;
     fn start(&self, id: &str) -> Result<(), RuntimeError>;
@@ -117,10 +119,14 @@ pub struct Monitored {
     /// From `<runtime> features` at start (runc ≥ 1.1 lists its mount options; crun 1.8 has no
     /// `features` command and no `rro`).
     pub rro: bool,
+    /// `idmap` among the mount options of `features` (runc ≥ 1.2; not runc 1.1.5, not crun 1.8.1
+    /// which has no `features`).
+    pub idmap: bool,
 }
 
-/// Asks the runtime which mount options it knows (`features`, OCI runtime-spec 1.1). Blocking.
-pub fn probe_rro(binary: &Path) -> bool {
+/// The mount options the runtime's `features` lists (OCI runtime-spec 1.1; runc ≥ 1.1 has it,
+/// crun 1.8.1 has no `features` command: nothing). Blocking.
+pub fn probe_mount_options(binary: &Path) -> Vec<String> {
     Command::new(binary)
         .arg("features")
         .stdin(Stdio::null())
@@ -130,11 +136,13 @@ pub fn probe_rro(binary: &Path) -> bool {
         .filter(|o| o.status.success())
         .and_then(|o| serde_json::from_slice::<serde_json::Value>(&o.stdout).ok())
         .and_then(|v| {
-            v["mountOptions"]
-                .as_array()
-                .map(|opts| opts.iter().any(|o| o == "rro"))
+            v["mountOptions"].as_array().map(|opts| {
+                opts.iter()
+                    .filter_map(|o| o.as_str().map(str::to_string))
+                    .collect()
+            })
         })
-        .unwrap_or(false)
+        .unwrap_or_default()
 }
 
 impl Monitored {
@@ -185,6 +193,10 @@ impl OciRuntime for Monitored {
 
     fn supports_rro(&self) -> bool {
         self.rro
+    }
+
+    fn supports_idmap(&self) -> bool {
+        self.idmap
     }
 
     fn create(&self, req: &CreateRequest<'_>) -> Result<Created, RuntimeError> {
@@ -318,8 +330,8 @@ fn parse_created(out: &str) -> Option<Created> {
 }
 
 /// Runs `cmd` (an exec of `runtime`) with a timeout, keeping at most [`EXEC_OUTPUT_LIMIT`] of
-/// each stream. On timeout the exec'd process (its pid from `pid_file`) and the runtime's exec
-/// process are killed and [`RuntimeError::Timeout`] returned.
+/// each stream. On timeout the exec'd process (its pid from `pid_file`) with every process it
+/// started, and the runtime's exec process, are killed and [`RuntimeError::Timeout`] returned.
 pub async fn exec_sync(
     id: &str,
     cmd: Command,
@@ -371,12 +383,77 @@ pub async fn exec_sync(
                 .and_then(|s| s.trim().parse::<i32>().ok())
                 .and_then(rustix::process::Pid::from_raw)
             {
-                let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+                kill_tree(pid);
             }
             Err(RuntimeError::Timeout {
                 id: id.to_string(),
                 timeout: timeout.unwrap_or_default(),
             })
+        }
+    }
+}
+
+/// Kills `root` and every descendant: each round stops what it finds (a stopped process cannot
+/// fork), then everything found is killed. Descendants are found through the parent pids in
+/// `/proc` (host pids, so this works across the container's pid namespace).
+fn kill_tree(root: rustix::process::Pid) {
+    use rustix::process::{kill_process, Signal};
+    let mut found = vec![root];
+    let _ = kill_process(root, Signal::STOP);
+    for _ in 0..3 {
+        let children = descendants(&found);
+        if children.is_empty() {
+            break;
+        }
+        for pid in &children {
+            let _ = kill_process(*pid, Signal::STOP);
+        }
+        found.extend(children);
+    }
+    for pid in found {
+        let _ = kill_process(pid, Signal::KILL);
+    }
+}
+
+/// Processes whose parent is in `parents` and that are not in it themselves, transitively.
+fn descendants(parents: &[rustix::process::Pid]) -> Vec<rustix::process::Pid> {
+    let mut table = Vec::new();
+    if let Ok(entries) = std::fs::read_dir("/proc") {
+        for entry in entries.flatten() {
+            let Some(pid) = entry
+                .file_name()
+                .to_str()
+                .and_then(|n| n.parse::<i32>().ok())
+            else {
+                continue;
+            };
+            let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+                continue;
+            };
+            // Fields after the command (which may contain spaces) : state, ppid, ...
+            let ppid = stat
+                .rfind(')')
+                .and_then(|i| stat[i + 1..].split_whitespace().nth(1))
+                .and_then(|p| p.parse::<i32>().ok());
+            if let Some(ppid) = ppid {
+                table.push((pid, ppid));
+            }
+        }
+    }
+    let mut known: Vec<i32> = parents.iter().map(|p| p.as_raw_nonzero().get()).collect();
+    let mut out = Vec::new();
+    loop {
+        let before = out.len();
+        for (pid, ppid) in &table {
+            if known.contains(ppid) && !known.contains(pid) {
+                known.push(*pid);
+                if let Some(p) = rustix::process::Pid::from_raw(*pid) {
+                    out.push(p);
+                }
+            }
+        }
+        if out.len() == before {
+            return out;
         }
     }
 }
@@ -420,8 +497,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let pid_file = dir.path().join("pid");
         let mut cmd = Command::new("sh");
-        cmd.arg("-c")
-            .arg(format!("echo $$ > {}; exec sleep 30", pid_file.display()));
+        let child_file = dir.path().join("child");
+        cmd.arg("-c").arg(format!(
+            "echo $$ > {}; sleep 30 & echo $! > {}; exec sleep 30",
+            pid_file.display(),
+            child_file.display()
+        ));
         let started = std::time::Instant::now();
         let err = exec_sync("c1", cmd, &pid_file, Some(Duration::from_millis(300)))
             .await
@@ -433,11 +514,18 @@ mod tests {
             .trim()
             .parse()
             .unwrap();
+        let child: u32 = std::fs::read_to_string(&child_file)
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
         std::thread::sleep(Duration::from_millis(100));
-        let alive = std::fs::read_to_string(format!("/proc/{pid}/stat"))
-            .map(|s| !s.contains(") Z "))
-            .unwrap_or(false);
-        assert!(!alive, "sleep {pid} survived the timeout");
+        for pid in [pid, child] {
+            let alive = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .map(|s| !s.contains(") Z "))
+                .unwrap_or(false);
+            assert!(!alive, "{pid} survived the timeout");
+        }
     }
 
     #[tokio::test]

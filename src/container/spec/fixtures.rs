@@ -203,6 +203,7 @@ impl Case {
                 ],
                 arch: "x86_64".into(),
                 idmap_mounts: false,
+                pids_limit: 0,
             },
             netns: pod_file("ns/net"),
             ipcns: pod_file("ns/ipc"),

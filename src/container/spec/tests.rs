@@ -451,3 +451,20 @@ fn nofile_is_cut_to_our_own_hard_limit() {
     case.host.max_nofile = Some(u64::MAX);
     assert_eq!(nofile(&case), (1_048_576, 1_048_576));
 }
+
+#[test]
+fn pids_limit_comes_from_the_configuration_only_when_positive() {
+    let pids = |limit: i64| {
+        let mut case = Case::busybox();
+        case.host.pids_limit = limit;
+        generated(&case)
+            .spec
+            .linux()
+            .as_ref()
+            .and_then(|l| l.resources().clone())
+            .and_then(|r| *r.pids())
+            .map(|p| p.limit())
+    };
+    assert_eq!(pids(0), None);
+    assert_eq!(pids(1024), Some(1024));
+}
