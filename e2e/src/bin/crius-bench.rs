@@ -461,7 +461,7 @@ async fn bench_containers() {
         serde_json::from_slice(&std::fs::read(bundle.join("config.json")).unwrap()).unwrap();
     spec["root"]["path"] = serde_json::json!(bundle.join("rootfs"));
     let root = scratch.path().join("runc");
-    let mut floor = Vec::new();
+    let (mut floor, mut floor_gone) = (Vec::new(), Vec::new());
     for i in 0..CONTAINERS {
         let id = format!("crius-bench-floor-{i}");
         let dir = scratch.path().join(&id);
@@ -485,10 +485,12 @@ async fn bench_containers() {
         runc(&["create", "--bundle", dir.to_str().unwrap(), &id]);
         runc(&["start", &id]);
         floor.push(t.elapsed());
-        runc(&["kill", &id, "KILL"]);
-        std::thread::sleep(Duration::from_millis(20));
+        let t = Instant::now();
         runc(&["delete", "--force", &id]);
+        floor_gone.push(t.elapsed());
     }
+    // Debian's conmon on the same bundle, for the monitor RSS reference.
+    let conmon_rss = conmon_rss(&spec, scratch.path());
     if let Ok(hierarchies) = std::fs::read_dir("/sys/fs/cgroup") {
         for h in hierarchies.flatten() {
             let _ = std::fs::remove_dir(h.path().join("crius-bench"));
@@ -496,9 +498,16 @@ async fn bench_containers() {
     }
     summary("bare runc create+start", floor);
     summary("crius CreateContainer+Start", create_start);
+    let stop_remove: Vec<Duration> = stop.iter().zip(&remove).map(|(a, b)| *a + *b).collect();
     summary("crius StopContainer (timeout 0)", stop);
     summary("crius RemoveContainer", remove);
+    summary("bare runc delete --force", floor_gone);
+    summary("crius Stop+Remove", stop_remove);
     println!("  crius-conmon RSS of an idle container: {monitor_rss} KiB");
+    match conmon_rss {
+        Some(kib) => println!("  Debian conmon RSS, same bundle:        {kib} KiB"),
+        None => println!("  Debian conmon: not installed or failed (apt-get install conmon)"),
+    }
     bench_userns(&d, &config).await;
     let mut rt = d.runtime().await;
     let _ = rt
@@ -514,6 +523,69 @@ async fn bench_containers() {
 }
 
 const PODS: usize = 100;
+
+/// RSS (KiB) of Debian's `conmon` monitoring `spec` under runc, measured like crius-conmon's:
+/// one idle `sleep` container, a second after start. `None` without conmon.
+fn conmon_rss(spec: &serde_json::Value, scratch: &Path) -> Option<u64> {
+    let dir = scratch.join("conmon");
+    let bundle = dir.join("bundle");
+    for d in ["bundle", "exits", "sock", "persist"] {
+        std::fs::create_dir_all(dir.join(d)).ok()?;
+    }
+    let mut spec = spec.clone();
+    spec["linux"]["cgroupsPath"] = serde_json::json!("/crius-bench/conmon-ref");
+    std::fs::write(bundle.join("config.json"), spec.to_string()).ok()?;
+    let id = "crius-bench-conmon-ref";
+    let pid_file = dir.join("conmon.pid");
+    let ok = Command::new("conmon")
+        .args(["--api-version", "1", "-c", id, "-u", id, "-n", id])
+        .args([
+            "-r",
+            "/usr/sbin/runc",
+            "--log-level",
+            "error",
+            "--syslog=false",
+        ])
+        .arg("-b")
+        .arg(&bundle)
+        .arg("-p")
+        .arg(dir.join("pidfile"))
+        .arg("-l")
+        .arg(format!("k8s-file:{}", dir.join("ctr.log").display()))
+        .arg("--exit-dir")
+        .arg(dir.join("exits"))
+        .arg("--socket-dir-path")
+        .arg(dir.join("sock"))
+        .arg("--persist-dir")
+        .arg(dir.join("persist"))
+        .arg("-P")
+        .arg(&pid_file)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .ok()?
+        .success();
+    let runc = |args: &[&str]| {
+        let _ = Command::new("runc")
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    };
+    let mut rss = None;
+    if ok {
+        runc(&["start", id]);
+        std::thread::sleep(Duration::from_secs(1));
+        rss = std::fs::read_to_string(&pid_file)
+            .ok()
+            .and_then(|p| p.trim().parse::<u32>().ok())
+            .map(rss_kib);
+    }
+    runc(&["delete", "--force", id]);
+    rss
+}
 
 /// The same containers in a pod with a user namespace (idmapped layers and pinning through
 /// `crius-conmon userns`), and RunPodSandbox+Stop+Remove of such pods.
