@@ -372,8 +372,9 @@ fn busybox_layer() -> io::Result<Entries> {
     Ok(entries)
 }
 
-/// Applet names from `busybox --list`, sorted, without `busybox` itself.
-fn busybox_applets() -> io::Result<Vec<String>> {
+/// Applet names from `busybox --list`, sorted, without `busybox` itself: the `/bin/<applet>`
+/// symlinks of the busybox layer.
+pub fn busybox_applets() -> io::Result<Vec<String>> {
     let out = Command::new(HOST_BUSYBOX)
         .arg("--list")
         .output()

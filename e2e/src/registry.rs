@@ -4,7 +4,9 @@
 //! storage and log live in a private temp dir, it listens on `127.0.0.1` only (never
 //! Debian's `/etc/docker/registry/config.yml`, which listens on all interfaces), and it is
 //! killed and reaped on [`Drop`], at process exit, and by the kernel (`PR_SET_PDEATHSIG`)
-//! if the test process dies without cleaning up. It also owns pushing the
+//! if the test process dies without cleaning up. It can sit behind htpasswd auth
+//! ([`Registry::start_with_auth`]) or serve HTTPS only with a certificate from a throwaway
+//! CA made with `openssl` ([`Registry::start_tls`]). It also owns pushing the
 //! [`crate::fixtures`] images with `skopeo` and a minimal HTTP/1.1 client for manifest
 //! checks. It does not build image content (that is [`crate::fixtures`]).
 //!
@@ -67,25 +69,35 @@ pub struct Registry {
 impl Registry {
     /// Starts a registry on a free loopback port and waits until `GET /v2/` answers.
     pub fn start() -> io::Result<Registry> {
-        Self::start_with(None)
+        Self::start_with(None, false)
     }
 
     /// Starts a registry that requires HTTP Basic auth (htpasswd, bcrypt via `htpasswd -B`).
     pub fn start_with_auth(user: &str, password: &str) -> io::Result<Registry> {
-        Self::start_with(Some((user, password)))
+        Self::start_with(Some((user, password)), false)
     }
 
-    fn start_with(auth: Option<(&str, &str)>) -> io::Result<Registry> {
+    /// Starts a registry that serves HTTPS only, with a certificate for `127.0.0.1` issued by
+    /// a CA made for it alone ([`Registry::ca_cert`]); nothing trusts that CA by default.
+    /// [`Registry::get_manifest`] (plain HTTP) does not work on it.
+    pub fn start_tls() -> io::Result<Registry> {
+        Self::start_with(None, true)
+    }
+
+    fn start_with(auth: Option<(&str, &str)>, tls: bool) -> io::Result<Registry> {
         let parent = scratch_root()?;
         sweep_stale(&parent);
         let dir = tempfile::Builder::new()
             .prefix(&format!("registry-{}-", std::process::id()))
             .tempdir_in(&parent)
             .map_err(|e| with_context(e, format!("create temp dir in {}", parent.display())))?;
+        if tls {
+            make_certificates(dir.path())?;
+        }
         let mut last_err = None;
         for _ in 0..BIND_ATTEMPTS {
             let addr = free_port()?;
-            match start_once(dir.path(), addr, auth) {
+            match start_once(dir.path(), addr, auth, tls) {
                 Ok(child) => {
                     return Ok(Registry {
                         addr,
@@ -121,6 +133,23 @@ impl Registry {
     /// The private dir holding the registry's config, storage and log (removed on drop).
     pub fn dir(&self) -> &Path {
         self.dir.path()
+    }
+
+    /// The PEM certificate of the CA that issued a [`Registry::start_tls`] registry's
+    /// certificate (absent for plain HTTP registries).
+    pub fn ca_cert(&self) -> PathBuf {
+        self.dir.path().join("ca.pem")
+    }
+
+    /// Where the registry keeps blob `digest` (`sha256:<hex>`) in its filesystem storage.
+    pub fn blob_data_path(&self, digest: &str) -> PathBuf {
+        let hex = digest.trim_start_matches("sha256:");
+        self.dir
+            .path()
+            .join("storage/docker/registry/v2/blobs/sha256")
+            .join(hex.get(..2).unwrap_or(hex))
+            .join(hex)
+            .join("data")
     }
 
     /// The registry's stderr log (what error messages quote the tail of).
@@ -166,10 +195,47 @@ enum StartError {
     Other(io::Error),
 }
 
+/// Writes `ca.pem` (a fresh CA) and `server.pem`/`server.key` (a P-256 certificate for
+/// `IP:127.0.0.1` signed by it) into `dir` with `openssl`.
+fn make_certificates(dir: &Path) -> io::Result<()> {
+    let ext = dir.join("server.ext");
+    fs::write(
+        &ext,
+        "subjectAltName=IP:127.0.0.1\nbasicConstraints=critical,CA:FALSE\n\
+         keyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth\n",
+    )
+    .map_err(|e| with_context(e, format!("write {}", ext.display())))?;
+    let ec = "-newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes";
+    let steps = [
+        format!("req -x509 {ec} -days 2 -subj /CN=crius-e2e-ca -keyout ca.key -out ca.pem"),
+        format!("req {ec} -subj /CN=127.0.0.1 -keyout server.key -out server.csr"),
+        "x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 2 \
+         -extfile server.ext -out server.pem"
+            .to_owned(),
+    ];
+    for args in steps {
+        let out = Command::new("openssl")
+            .args(args.split_whitespace())
+            .current_dir(dir)
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|e| with_context(e, "run openssl".into()))?;
+        if !out.status.success() {
+            return Err(io::Error::other(format!(
+                "openssl {args} failed with {}: {}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim()
+            )));
+        }
+    }
+    Ok(())
+}
+
 fn start_once(
     dir: &Path,
     addr: SocketAddr,
     auth: Option<(&str, &str)>,
+    tls: bool,
 ) -> Result<Child, StartError> {
     let config = dir.join("config.yml");
     let storage = dir.join("storage");
@@ -183,6 +249,13 @@ fn start_once(
          http:\n  addr: {addr}\n",
         storage = storage.display(),
     );
+    if tls {
+        yaml.push_str(&format!(
+            "  tls:\n    certificate: {}\n    key: {}\n",
+            dir.join("server.pem").display(),
+            dir.join("server.key").display()
+        ));
+    }
     if let Some((user, password)) = auth {
         let htpasswd = dir.join("htpasswd");
         let out = Command::new("htpasswd")
@@ -236,10 +309,15 @@ fn start_once(
             }
         }
         if let Ok(resp) = http_request(addr, "GET", "/v2/", &[], &[]) {
-            // An htpasswd registry answers 401 (with the API header) until credentials are sent.
-            if (resp.status == 200 || resp.status == 401)
-                && resp.header("docker-distribution-api-version") == Some("registry/2.0")
-            {
+            // An htpasswd registry answers 401 (with the API header) until credentials are sent;
+            // Go's TLS server answers plain HTTP with a 400 that says so.
+            let ready = if tls {
+                resp.status == 400 && String::from_utf8_lossy(&resp.body).contains("HTTPS server")
+            } else {
+                (resp.status == 200 || resp.status == 401)
+                    && resp.header("docker-distribution-api-version") == Some("registry/2.0")
+            };
+            if ready {
                 return Ok(child);
             }
         }

@@ -1,10 +1,12 @@
 //! ImageService e2e against the loopback `docker-registry`: pulls (OCI, Docker v2s2, indexes,
-//! by tag and digest), unpacked trees under overlayfs, malicious layers, auth, mirrors,
-//! crash-safety, blob dedup across concurrent pulls, removal and garbage collection.
+//! by tag and digest), unpacked trees under overlayfs, malicious layers, auth (request
+//! credentials and `auth_file`), HTTPS (untrusted, `insecure`, `ca_file`), mirrors,
+//! tampered blobs, crash-safety, blob dedup across concurrent pulls, removal and garbage
+//! collection, pull metrics. Needs `openssl` besides the registry tools.
 
 #![allow(clippy::unwrap_used)] // Tests fail by panicking.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -318,11 +320,55 @@ async fn layered_image_under_overlayfs_shows_exactly_the_expected_tree() {
         for path in LAYERED_ABSENT {
             assert!(!tree.contains_key(*path), "{path} must not exist");
         }
+        // The whole tree, not only the paths named above: nothing more, nothing less.
+        let expected = layered_tree_paths();
+        let got: BTreeSet<String> = tree.keys().cloned().collect();
+        let missing: Vec<_> = expected.difference(&got).collect();
+        let unexpected: Vec<_> = got.difference(&expected).collect();
         assert!(
-            !tree.keys().any(|p| p.contains(".wh.")),
-            "a whiteout leaked into the tree"
+            missing.is_empty() && unexpected.is_empty(),
+            "{reference}: missing {missing:?}, unexpected {unexpected:?}"
         );
+        for applet in fixtures::busybox_applets().unwrap() {
+            let path = format!("/bin/{applet}");
+            assert_eq!(tree[&path], "l busybox", "{path}");
+        }
+        assert_eq!(
+            tree["/etc/group"],
+            format!("f {}", sha256_hex(fixtures::GROUP.as_bytes()))
+        );
+        assert_eq!(tree["/root"], "d");
     }
+}
+
+/// Every path of the `layered` root filesystem: the busybox layer (`/bin/busybox` and its
+/// applet symlinks, `/etc/{passwd,group}`, `/root`, `/tmp`) plus what layers 2-4 leave.
+fn layered_tree_paths() -> BTreeSet<String> {
+    let mut paths: BTreeSet<String> = [
+        "/bin",
+        "/bin/busybox",
+        "/etc",
+        "/etc/passwd",
+        "/etc/group",
+        "/root",
+        "/tmp",
+        "/data",
+        "/data/keep",
+        "/opq",
+        "/opq/new",
+        "/layer4",
+    ]
+    .into_iter()
+    .map(String::from)
+    .collect();
+    for applet in fixtures::busybox_applets().unwrap() {
+        paths.insert(format!("/bin/{applet}"));
+    }
+    // LAYERED_PRESENT is a subset (a typo in one list shows up here).
+    for (path, _) in LAYERED_PRESENT {
+        assert!(paths.contains(*path), "{path} is not in the expected tree");
+    }
+    paths
 }
 
 // ---- hand-crafted layers ----
@@ -726,4 +772,309 @@ async fn sighup_reloads_registry_mirrors_without_a_restart() {
     }
     let id = pull(&d, "reload.example/busybox:latest").await.unwrap();
     assert_eq!(id, fx.layout().busybox.image_id());
+}
+
+#[tokio::test]
+async fn pull_duration_histogram_counts_every_pull() {
+    let fx = registry::shared();
+    let d = daemon_for("").await;
+    let count = |body: &str| metric_value(body, "crius_image_pull_duration_seconds_count");
+    let (_, body) = d.http_get("/metrics");
+    assert_eq!(count(&body), Some(0.0), "{body}");
+
+    pull(&d, &fx.busybox_ref()).await.unwrap();
+    let (_, body) = d.http_get("/metrics");
+    assert_eq!(count(&body), Some(1.0), "{body}");
+    let sum = metric_value(&body, "crius_image_pull_duration_seconds_sum").unwrap();
+    assert!(sum > 0.0, "{body}");
+    assert_eq!(
+        metric_value(
+            &body,
+            "crius_image_pull_duration_seconds_bucket{le=\"+Inf\"}"
+        ),
+        Some(1.0),
+        "{body}"
+    );
+
+    // Failed pulls are timed too.
+    let missing = format!("{}/crius-test/busybox:no-such-tag", fx.registry_addr());
+    pull(&d, &missing).await.unwrap_err();
+    let (_, body) = d.http_get("/metrics");
+    assert_eq!(count(&body), Some(2.0), "{body}");
+}
+
+/// `insecure` for `addr` plus a `ca_file`, as a registry table.
+fn registry_table(addr: &str, insecure: bool, ca_file: Option<&Path>) -> String {
+    let mut table = format!("[image.registries.\"{addr}\"]\ninsecure = {insecure}\n");
+    if let Some(ca) = ca_file {
+        table.push_str(&format!("ca_file = {:?}\n", ca.display().to_string()));
+    }
+    table
+}
+
+async fn daemon_with(extra_config: String) -> Daemon {
+    Daemon::start_with(Options {
+        extra_config,
+        ..Options::default()
+    })
+    .await
+}
+
+#[tokio::test]
+async fn https_registry_needs_a_trusted_certificate_or_insecure() {
+    let fx = registry::shared();
+    let reg = Registry::start_tls().unwrap();
+    let reference = format!("{}/crius-test/busybox:latest", reg.addr());
+    push_layout(
+        &fx.layout().oci_reference(fixtures::BUSYBOX),
+        &reference,
+        None,
+    )
+    .unwrap();
+    let busybox_id = fx.layout().busybox.image_id();
+
+    // Verified TLS against a CA nobody trusts: Unavailable, naming the host and the cause.
+    let d = daemon_with(String::new()).await;
+    let err = pull(&d, &reference).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Unavailable, "{err:?}");
+    let msg = err.message();
+    assert!(msg.contains(&reg.addr()), "{msg}");
+    assert!(msg.contains("https"), "{msg}");
+    assert!(msg.contains("certificate"), "{msg}");
+    assert!(list(&d).await.is_empty());
+    drop(d);
+
+    // A CA that did not issue the certificate (the server's own leaf) does not help either.
+    let leaf = reg.dir().join("server.pem");
+    let d = daemon_with(registry_table(&reg.addr(), false, Some(&leaf))).await;
+    let err = pull(&d, &reference).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Unavailable, "{err:?}");
+    assert!(err.message().contains("certificate"), "{}", err.message());
+    drop(d);
+
+    // An unreadable ca_file is a node misconfiguration, named.
+    let d = daemon_with(registry_table(
+        &reg.addr(),
+        false,
+        Some(Path::new("/nonexistent/ca.pem")),
+    ))
+    .await;
+    let err = pull(&d, &reference).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::FailedPrecondition, "{err:?}");
+    assert!(
+        err.message().contains("ca_file /nonexistent/ca.pem"),
+        "{err:?}"
+    );
+    drop(d);
+
+    // insecure = true: TLS without verification (the registry speaks nothing else).
+    let d = daemon_with(registry_table(&reg.addr(), true, None)).await;
+    assert_eq!(pull(&d, &reference).await.unwrap(), busybox_id);
+    drop(d);
+
+    // ca_file = the registry's CA: verified TLS works.
+    let d = daemon_with(registry_table(&reg.addr(), false, Some(&reg.ca_cert()))).await;
+    assert_eq!(pull(&d, &reference).await.unwrap(), busybox_id);
+    let image = status(&d, &reference, false).await.image.unwrap();
+    assert_eq!(image.repo_tags, vec![reference.clone()]);
+}
+
+#[tokio::test]
+async fn auth_file_credentials_are_used_when_the_request_has_none() {
+    let fx = registry::shared();
+    let reg = Registry::start_with_auth("crius", "s3cret").unwrap();
+    let reference = format!("{}/private/busybox:latest", reg.addr());
+    push_layout(
+        &fx.layout().oci_reference(fixtures::BUSYBOX),
+        &reference,
+        Some("crius:s3cret"),
+    )
+    .unwrap();
+    let files = tempfile::tempdir().unwrap();
+    let auth_file = files.path().join("auth.json");
+    let d = daemon_with(format!(
+        "{}[image]\nauth_file = {:?}\n",
+        insecure(&reg.addr()),
+        auth_file.display().to_string()
+    ))
+    .await;
+    let write_auth = |auth: &str| {
+        let doc = serde_json::json!({"auths": {reg.addr(): {"auth": auth}}});
+        std::fs::write(&auth_file, doc.to_string()).unwrap();
+    };
+
+    // The configured file does not exist yet: no credentials.
+    let err = pull(&d, &reference).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Unauthenticated, "{err:?}");
+    assert!(err.message().contains(&reg.addr()), "{}", err.message());
+
+    // Wrong password in the file (re-read per pull, no restart): refused.
+    write_auth("Y3JpdXM6bm9wZQ=="); // crius:nope
+    let err = pull(&d, &reference).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Unauthenticated, "{err:?}");
+
+    // The right credentials in the file: the pull works without AuthConfig.
+    write_auth("Y3JpdXM6czNjcmV0"); // crius:s3cret
+    assert_eq!(
+        pull(&d, &reference).await.unwrap(),
+        fx.layout().busybox.image_id()
+    );
+
+    // Credentials in the request win over the file.
+    remove(&d, &reference).await;
+    let wrong = cri::AuthConfig {
+        username: "crius".into(),
+        password: "nope".into(),
+        ..Default::default()
+    };
+    let err = pull_with(&d, &reference, Some(wrong)).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Unauthenticated, "{err:?}");
+    assert!(list(&d).await.is_empty());
+}
+
+/// Every entry (files and dirs) below `dir`, relative, sorted; empty if `dir` is missing.
+fn entries_below(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = tree_files(dir)
+        .iter()
+        .map(|p| p.strip_prefix(dir).unwrap().display().to_string())
+        .collect();
+    names.sort();
+    names
+}
+
+#[tokio::test]
+async fn a_tampered_blob_fails_the_pull_and_nothing_of_it_is_kept() {
+    let reg = Registry::start().unwrap();
+    let d = daemon_with(insecure(&reg.addr())).await;
+    let images = d.paths.root.join("images");
+    // (case, where to flip 4 bytes of the gzip blob). Decoders ignore the gzip header's
+    // MTIME (bytes 4..8): only the digest check can catch that. In the middle of the blob
+    // the flip lands in file data (noise is stored uncompressed), which the tar framing
+    // cannot notice either; the blob's digest fails on its last byte, before the gzip CRC.
+    let cases = [("mtime", 4usize), ("middle", usize::MAX)];
+    for (case, offset) in cases {
+        let name = format!("tampered-{case}");
+        let (reference, image) = push_custom(
+            &name,
+            &[
+                file_layer("base", format!("{case} base\n").as_bytes()),
+                file_layer("big", &noise(1 << 20, offset as u64)),
+            ],
+            &reg.addr(),
+            None,
+        );
+        let tampered = &image.layers[1];
+        let data = reg.blob_data_path(&tampered.blob.digest);
+        let original = std::fs::read(&data).unwrap();
+        assert_eq!(original.len() as u64, tampered.blob.size);
+        let mut bad = original.clone();
+        let at = offset.min(bad.len() / 2);
+        for b in &mut bad[at..at + 4] {
+            *b ^= 0xff;
+        }
+        std::fs::write(&data, &bad).unwrap();
+
+        let err = pull(&d, &reference).await.unwrap_err();
+        assert_eq!(
+            err.code(),
+            tonic::Code::FailedPrecondition,
+            "{case}: {err:?}"
+        );
+        for needle in ["digest mismatch", tampered.blob.digest.as_str()] {
+            assert!(err.message().contains(needle), "{case}: {}", err.message());
+        }
+        assert!(list(&d).await.is_empty(), "{case}: an image is listed");
+        assert!(status(&d, &reference, false).await.image.is_none());
+        // The verified base layer may stay for a re-pull; nothing of the tampered one does.
+        let base_chain = hex(&image.layers[0].diff_id);
+        let tampered_chain = hex(&chain_id(&image.layers[0].diff_id, &tampered.diff_id));
+        assert!(
+            !images.join("layers").join(&tampered_chain).exists(),
+            "{case}"
+        );
+        assert!(
+            !d.paths
+                .root
+                .join(format!("layer/{tampered_chain}.json"))
+                .exists(),
+            "{case}: a layer record for the tampered layer"
+        );
+        let blob = images.join("blobs/sha256").join(hex(&tampered.blob.digest));
+        assert!(!blob.exists(), "{case}: the tampered blob was kept");
+        assert!(
+            entries_below(&images.join("tmp")).is_empty(),
+            "{case}: tmp keeps {:?}",
+            entries_below(&images.join("tmp"))
+        );
+        assert!(images.join("layers").join(&base_chain).exists(), "{case}");
+
+        // Repaired at the registry, the same pull works and reuses the base layer.
+        std::fs::write(&data, &original).unwrap();
+        assert_eq!(
+            pull(&d, &reference).await.unwrap(),
+            image.image_id(),
+            "{case}"
+        );
+        remove(&d, &reference).await;
+    }
+    assert!(entries_below(&images.join("layers")).is_empty());
+}
+
+fn hex(digest: &str) -> String {
+    digest.trim_start_matches("sha256:").to_string()
+}
+
+/// The chain ID of a layer on top of the base layer `parent` (whose chain ID is its diff ID).
+fn chain_id(parent: &str, diff_id: &str) -> String {
+    fixtures::sha256_digest(format!("{parent} {diff_id}").as_bytes())
+}
+
+#[tokio::test]
+async fn concurrent_pulls_of_images_sharing_layers_download_each_blob_once() {
+    let fx = registry::shared();
+    // A shares its base with B (same chain ID) and its big top layer too, at the same index
+    // but on another parent: another chain ID, the same blob.
+    let common = file_layer("common", b"shared base\n");
+    let shared = file_layer("shared", &noise(16 << 20, 11));
+    let (ref_a, a) = push_custom(
+        "share-a",
+        &[common.clone(), file_layer("a", b"a\n"), shared.clone()],
+        &fx.registry_addr(),
+        None,
+    );
+    let (ref_b, b) = push_custom(
+        "share-b",
+        &[common, file_layer("b", b"b\n"), shared],
+        &fx.registry_addr(),
+        None,
+    );
+    assert_eq!(a.layers[0].blob.digest, b.layers[0].blob.digest);
+    assert_eq!(a.layers[2].blob.digest, b.layers[2].blob.digest);
+    // Enough download slots that both copies of the shared blob could be fetched at once.
+    let d = daemon_for("[image]\nmax_concurrent_downloads = 8\n").await;
+    let (id_a, id_b) = tokio::join!(pull(&d, &ref_a), pull(&d, &ref_b));
+    assert_eq!(id_a.unwrap(), a.image_id());
+    assert_eq!(id_b.unwrap(), b.image_id());
+
+    let mut blobs = BTreeMap::new();
+    for layer in a.layers.iter().chain(&b.layers) {
+        blobs.insert(layer.blob.digest.clone(), layer.blob.size);
+    }
+    assert_eq!(blobs.len(), 4, "common, a, b, shared");
+    let expected = a.config.size + b.config.size + blobs.values().sum::<u64>();
+    let (_, body) = d.http_get("/metrics");
+    assert_eq!(
+        metric_value(&body, "crius_image_pull_bytes_total"),
+        Some(expected as f64),
+        "{body}"
+    );
+    // Both top layers are unpacked (two chain IDs) from the one download.
+    let mut tops = Vec::new();
+    for reference in [&ref_a, &ref_b] {
+        let dirs = layer_dirs(&status(&d, reference, true).await);
+        assert_eq!(dirs.len(), 3, "{reference}");
+        assert!(dirs[2].join("shared").is_file(), "{}", dirs[2].display());
+        tops.push(dirs[2].clone());
+    }
+    assert_ne!(tops[0], tops[1]);
 }

@@ -18,7 +18,7 @@ use crius::error::ErrorKind;
 use crius::image::reference::Reference;
 use crius::image::registry::{Client, Credentials, Descriptor, Platform, RegistryError};
 use crius_e2e::fixtures::{self, media_type};
-use crius_e2e::registry::{self, Fixture};
+use crius_e2e::registry::{self, push_layout, Fixture, Registry};
 
 const CONFIG_MAX: u64 = 1 << 20;
 
@@ -281,6 +281,7 @@ async fn mirror_with_path_prefix_serves_another_registry() {
             mirrors: vec![mirror.clone()],
             mirror_only: false,
             insecure: true,
+            ..Default::default()
         },
     );
     let client = Client::new(regs).unwrap();
@@ -306,6 +307,7 @@ async fn mirror_with_path_prefix_serves_another_registry() {
             mirrors: vec![mirror.clone()],
             mirror_only: true,
             insecure: false,
+            ..Default::default()
         },
     );
     regs.insert(fx.registry_addr(), insecure());
@@ -330,6 +332,7 @@ async fn dead_mirror_only_is_unavailable_naming_the_mirror() {
             mirrors: vec![format!("{dead}/prefix")],
             mirror_only: true,
             insecure: true,
+            ..Default::default()
         },
     );
     let client = Client::new(regs).unwrap();
@@ -361,6 +364,7 @@ async fn dead_mirror_falls_back_to_the_host() {
             mirrors: vec![dead.clone(), format!("{}/nothing-here", fx.registry_addr())],
             mirror_only: false,
             insecure: true,
+            ..Default::default()
         },
     );
     let client = Client::new(regs).unwrap();
@@ -382,6 +386,7 @@ async fn dead_host_is_unavailable_naming_every_endpoint() {
             mirrors: vec![dead2.clone()],
             mirror_only: false,
             insecure: true,
+            ..Default::default()
         },
     );
     let client = Client::new(regs).unwrap();
@@ -615,42 +620,23 @@ fn fake_client(addr: SocketAddr) -> Client {
     Client::new(regs).unwrap()
 }
 
-/// Like distribution with htpasswd: `Basic realm=...` challenges, `crius:s3cret` accepted.
-/// (The e2e crate's `Registry::start_with_auth` cannot be used: its readiness probe wants
-/// `GET /v2/` to answer 200, which an htpasswd registry never does.)
-fn basic_registry() -> Handler {
-    let busybox = registry::shared().layout().busybox.clone();
-    let manifest = layout_blob(&busybox.manifest.digest);
-    let config = layout_blob(&busybox.config.digest);
-    Arc::new(move |req: &Request, _| {
-        // base64("crius:s3cret")
-        if req.authorization.as_deref() != Some("Basic Y3JpdXM6czNjcmV0") {
-            return response(
-                401,
-                &[("WWW-Authenticate", r#"Basic realm="crius-e2e""#)],
-                r#"{"errors":[{"code":"UNAUTHORIZED","message":"authentication required"}]}"#,
-            );
-        }
-        if req.target == "/v2/private/busybox/manifests/latest" {
-            return response(
-                200,
-                &[("Content-Type", media_type::OCI_MANIFEST)],
-                manifest.clone(),
-            );
-        }
-        if req.target == format!("/v2/private/busybox/blobs/{}", busybox.config.digest) {
-            return response(200, &[], config.clone());
-        }
-        response(404, &[], "")
-    })
-}
-
 #[tokio::test]
 async fn basic_auth_registry() {
-    let busybox = registry::shared().layout().busybox.clone();
-    let reg = Fake::start(basic_registry()).await;
-    let client = fake_client(reg.addr);
-    let reference = parse(&format!("{}/private/busybox:latest", reg.addr));
+    let fx = registry::shared();
+    let busybox = fx.layout().busybox.clone();
+    // The real thing: distribution behind htpasswd answers `Basic realm=...` challenges.
+    let reg = Registry::start_with_auth("crius", "s3cret").unwrap();
+    let name = format!("{}/private/busybox:latest", reg.addr());
+    push_layout(
+        &fx.layout().oci_reference(fixtures::BUSYBOX),
+        &name,
+        Some("crius:s3cret"),
+    )
+    .unwrap();
+    let mut regs = BTreeMap::new();
+    regs.insert(reg.addr(), insecure());
+    let client = Client::new(regs).unwrap();
+    let reference = parse(&name);
     let good = Credentials {
         username: "crius".into(),
         password: "s3cret".into(),
@@ -685,7 +671,7 @@ async fn basic_auth_registry() {
             .unwrap_err();
         assert_eq!(err.kind(), ErrorKind::Unauthenticated, "{err}");
         let msg = err.to_string();
-        assert!(msg.contains(&reg.addr.to_string()), "{msg}");
+        assert!(msg.contains(&reg.addr()), "{msg}");
         assert!(msg.contains("authentication required"), "{msg}");
     }
 }

@@ -116,6 +116,9 @@ pub struct RegistryConfig {
     pub mirror_only: bool,
     /// Plain HTTP and no TLS verification for this host and its mirrors.
     pub insecure: bool,
+    /// PEM file of CA certificates trusted, besides the built-in roots, when talking TLS to
+    /// this host (also when it serves as another registry's mirror). Empty: none.
+    pub ca_file: PathBuf,
 }
 
 /// `[network]`: CNI.

@@ -165,6 +165,23 @@ fn mirror_with_scheme_is_refused() {
 }
 
 #[test]
+fn registry_ca_file_must_be_absolute() {
+    let env = Env::new();
+    env.main_file("[image.registries.\"127.0.0.1:5000\"]\nca_file = \"ca.pem\"\n");
+    let err = env.load().unwrap_err().to_string();
+    assert!(
+        err.contains("image.registries.\"127.0.0.1:5000\".ca_file") && err.contains("absolute"),
+        "{err}"
+    );
+    env.main_file("[image.registries.\"127.0.0.1:5000\"]\nca_file = \"/etc/crius/ca.pem\"\n");
+    let config = env.load().unwrap();
+    assert_eq!(
+        config.image.registries["127.0.0.1:5000"].ca_file,
+        std::path::PathBuf::from("/etc/crius/ca.pem")
+    );
+}
+
+#[test]
 fn invalid_log_level_is_refused() {
     let env = Env::new();
     env.main_file("[log]\nlevel = \"loud=\"\n");

@@ -126,6 +126,9 @@ impl Config {
                     );
                 }
             }
+            if !registry.ca_file.as_os_str().is_empty() {
+                absolute(&format!("{key}.ca_file"), &registry.ca_file)?;
+            }
             if registry.mirror_only && registry.mirrors.is_empty() {
                 return fail(
                     format!("{key}.mirror_only"),

@@ -201,3 +201,62 @@ pub fn image_user(image: &ImageRecord) -> (Option<i64>, String) {
         Err(_) => (None, name.to_string()),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn image_with_config(config: serde_json::Value) -> ImageRecord {
+        ImageRecord {
+            id: "sha256:0".into(),
+            repo_tags: Vec::new(),
+            repo_digests: Vec::new(),
+            manifest_digest: String::new(),
+            manifest_media_type: String::new(),
+            config,
+            layers: Vec::new(),
+            size: 0,
+            pulled_at_ns: 0,
+        }
+    }
+
+    #[test]
+    fn image_user_is_a_uid_or_a_name_from_the_config_user() {
+        let cases: &[(&str, Option<i64>, &str)] = &[
+            ("1000", Some(1000), ""),
+            ("1000:1000", Some(1000), ""),
+            ("0", Some(0), ""),
+            ("1000:nogroup", Some(1000), ""),
+            ("nobody", None, "nobody"),
+            ("nobody:nogroup", None, "nobody"),
+            ("nobody:1000", None, "nobody"),
+            ("", None, ""),
+            (":1000", None, ""),
+        ];
+        for (user, uid, name) in cases {
+            let image = image_with_config(json!({"config": {"User": user}}));
+            assert_eq!(
+                image_user(&image),
+                (*uid, name.to_string()),
+                "User {user:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn image_user_without_a_user_is_unset() {
+        for config in [
+            json!({"config": {"Env": ["A=1"]}}),
+            json!({"architecture": "amd64"}),
+            json!({"config": {"User": 1000}}),
+            json!(null),
+        ] {
+            assert_eq!(
+                image_user(&image_with_config(config.clone())),
+                (None, String::new()),
+                "{config}"
+            );
+        }
+    }
+}

@@ -2,7 +2,8 @@
 //! records.
 //!
 //! Each layer is processed once per chain ID across all concurrent pulls (per-key lock, then a
-//! re-check), with at most `max_concurrent_downloads` layers in flight. Layer content lands in
+//! re-check), and each blob downloaded once (a per-digest lock inside it, then a look in
+//! `blobs/`), with at most `max_concurrent_downloads` layers in flight. Layer content lands in
 //! `tmp/` and is renamed into place only when complete and verified; the image record is written
 //! last, so a pull killed at any moment never shows up as an image.
 
@@ -163,7 +164,7 @@ impl Images {
     /// The config blob: from the local store when present, else fetched, verified and saved.
     async fn config_blob(&self, resolved: &Resolved) -> Result<Vec<u8>, ImageError> {
         let desc = &resolved.config;
-        let lock = self.store.key_lock(&desc.digest);
+        let lock = self.store.blob_lock(&desc.digest);
         let _held = lock.lock().await;
         let path = self.store.blob_path(&desc.digest);
         if let Ok(bytes) = tokio::fs::read(&path).await {
@@ -205,6 +206,10 @@ impl Images {
                 desc.digest, desc.media_type
             ))
         })?;
+        // One blob can sit at another position, so under another chain ID, in another image:
+        // one download per blob too. Whoever waits here then unpacks the blob from `blobs/`.
+        let blob_lock = self.store.blob_lock(&desc.digest);
+        let _blob_held = blob_lock.lock().await;
         let _permit = self
             .downloads
             .acquire()

@@ -200,7 +200,13 @@ impl ImageStore {
         ))
     }
 
-    /// The async lock for `key` (a digest or chain ID).
+    /// The async lock of blob `digest`: held while it is fetched into `blobs/`. Its own key
+    /// space, as a base layer's chain ID is the digest of its blob when uncompressed.
+    pub fn blob_lock(&self, digest: &str) -> Arc<tokio::sync::Mutex<()>> {
+        self.key_lock(&format!("blob {digest}"))
+    }
+
+    /// The async lock for `key` (a chain ID, or a [`ImageStore::blob_lock`] key).
     pub fn key_lock(&self, key: &str) -> Arc<tokio::sync::Mutex<()>> {
         let mut locks = match self.key_locks.lock() {
             Ok(l) => l,

@@ -5,6 +5,7 @@
 //! Must not decide what to do with an endpoint's answer (that is the client's job).
 
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 
 use crate::config::RegistryConfig;
 
@@ -23,6 +24,8 @@ pub(crate) struct Endpoint {
     pub insecure: bool,
     /// For a mirror: the registry it mirrors.
     pub mirror_of: Option<String>,
+    /// Extra CA certificates (PEM) trusted for TLS to `host`: its own entry's `ca_file`.
+    pub ca_file: Option<PathBuf>,
 }
 
 impl Endpoint {
@@ -104,12 +107,13 @@ pub(crate) fn endpoints(
         if host.is_empty() {
             continue;
         }
-        let own_insecure = registries.get(host).is_some_and(|c| c.insecure);
+        let own = registries.get(host);
         out.push(Endpoint {
             host: host.to_string(),
             prefix: prefix.trim_matches('/').to_string(),
-            insecure: config.insecure || own_insecure || plain_http,
+            insecure: config.insecure || own.is_some_and(|c| c.insecure) || plain_http,
             mirror_of: Some(registry.to_string()),
+            ca_file: own.and_then(ca_file),
         });
     }
     // `mirror_only` without usable mirrors (refused by config validation) still tries the host.
@@ -119,9 +123,14 @@ pub(crate) fn endpoints(
             prefix: String::new(),
             insecure: config.insecure,
             mirror_of: None,
+            ca_file: ca_file(&config),
         });
     }
     out
+}
+
+fn ca_file(config: &RegistryConfig) -> Option<PathBuf> {
+    (!config.ca_file.as_os_str().is_empty()).then(|| config.ca_file.clone())
 }
 
 #[cfg(test)]
@@ -133,6 +142,7 @@ mod tests {
             mirrors: mirrors.iter().map(|m| m.to_string()).collect(),
             mirror_only,
             insecure,
+            ..Default::default()
         }
     }
 
@@ -223,5 +233,26 @@ mod tests {
         );
         let e = endpoints(&regs, "registry.example");
         assert!(e.iter().all(|e| e.insecure));
+    }
+
+    #[test]
+    fn ca_file_comes_from_the_endpoint_hosts_own_entry() {
+        let mut regs = BTreeMap::new();
+        let mut up = reg(&["mirror.example/p", "other.example"], false, false);
+        up.ca_file = PathBuf::from("/etc/up-ca.pem");
+        regs.insert("registry.example".to_string(), up);
+        let mut mirror = reg(&[], false, false);
+        mirror.ca_file = PathBuf::from("/etc/mirror-ca.pem");
+        regs.insert("mirror.example".to_string(), mirror);
+        let e = endpoints(&regs, "registry.example");
+        let cas: Vec<_> = e.iter().map(|e| e.ca_file.clone()).collect();
+        assert_eq!(
+            cas,
+            [
+                Some(PathBuf::from("/etc/mirror-ca.pem")),
+                None,
+                Some(PathBuf::from("/etc/up-ca.pem")),
+            ]
+        );
     }
 }

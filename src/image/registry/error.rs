@@ -3,6 +3,8 @@
 //! Owns the mapping from registry failures (HTTP statuses, transport errors, bad content) to
 //! [`ErrorKind`]. Must not know gRPC codes: `server::status` maps kinds once.
 
+use std::path::PathBuf;
+
 use crate::error::ErrorKind;
 
 /// A failed registry operation. Messages name the reference, digest or endpoint.
@@ -56,6 +58,9 @@ pub enum RegistryError {
         status: u16,
         message: String,
     },
+    /// A configured `ca_file` cannot be read or holds no usable certificate.
+    #[error("ca_file {path}: {detail}")]
+    CaFile { path: PathBuf, detail: String },
     /// The client could not be built (TLS backend).
     #[error("registry client: {0}")]
     Client(String),
@@ -63,7 +68,8 @@ pub enum RegistryError {
 
 impl RegistryError {
     /// `DigestMismatch`, `Size` and `BadContent` are `FailedPrecondition` (the registry served
-    /// something that is not a usable image, like `ImageError::BadImage`).
+    /// something that is not a usable image, like `ImageError::BadImage`), and so is a bad
+    /// `ca_file` (the node's configuration is wrong).
     pub fn kind(&self) -> ErrorKind {
         match self {
             RegistryError::NotFound { .. } | RegistryError::PlatformNotFound { .. } => {
@@ -74,7 +80,8 @@ impl RegistryError {
             RegistryError::PermissionDenied { .. } => ErrorKind::PermissionDenied,
             RegistryError::DigestMismatch { .. }
             | RegistryError::Size { .. }
-            | RegistryError::BadContent { .. } => ErrorKind::FailedPrecondition,
+            | RegistryError::BadContent { .. }
+            | RegistryError::CaFile { .. } => ErrorKind::FailedPrecondition,
             RegistryError::Http { .. } | RegistryError::Client(_) => ErrorKind::Internal,
         }
     }
@@ -161,6 +168,13 @@ mod tests {
                     message: s(),
                 },
                 ErrorKind::Internal,
+            ),
+            (
+                RegistryError::CaFile {
+                    path: PathBuf::from("/ca.pem"),
+                    detail: s(),
+                },
+                ErrorKind::FailedPrecondition,
             ),
             (RegistryError::Client(s()), ErrorKind::Internal),
         ];

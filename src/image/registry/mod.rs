@@ -16,8 +16,9 @@ pub mod endpoint;
 pub mod error;
 pub mod manifest;
 
-use std::collections::BTreeMap;
-use std::sync::{Arc, RwLock};
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use futures_util::TryStreamExt;
@@ -55,6 +56,15 @@ pub struct Client {
     secure: reqwest::Client,
     /// For `insecure` endpoints: no certificate verification.
     insecure: reqwest::Client,
+    /// Verifying clients that also trust a `ca_file`, by path; emptied on reload.
+    with_ca: Mutex<HashMap<PathBuf, reqwest::Client>>,
+}
+
+fn client_builder() -> reqwest::ClientBuilder {
+    reqwest::Client::builder()
+        .connect_timeout(CONNECT_TIMEOUT)
+        .read_timeout(READ_TIMEOUT)
+        .user_agent(concat!("crius/", env!("CARGO_PKG_VERSION")))
 }
 
 /// A reference resolved to one platform-specific image manifest, and how to reach its blobs.
@@ -90,6 +100,24 @@ impl Source {
     }
 }
 
+/// A verifying client that trusts the CA certificates in `pem` (read from `path`) besides
+/// the built-in roots.
+fn client_with_ca(path: &Path, pem: &[u8]) -> Result<reqwest::Client, RegistryError> {
+    let bad = |detail: String| RegistryError::CaFile {
+        path: path.to_path_buf(),
+        detail,
+    };
+    let certs = reqwest::Certificate::from_pem_bundle(pem).map_err(|e| bad(error_chain(&e)))?;
+    if certs.is_empty() {
+        return Err(bad("no PEM certificate in it".into()));
+    }
+    certs
+        .into_iter()
+        .fold(client_builder(), |b, cert| b.add_root_certificate(cert))
+        .build()
+        .map_err(|e| bad(error_chain(&e)))
+}
+
 /// Why one request failed: `Transport` (no HTTP answer) lets an insecure endpoint fall back from
 /// TLS to plain HTTP.
 enum Failure {
@@ -120,27 +148,59 @@ struct Fetched {
 
 impl Client {
     pub fn new(registries: BTreeMap<String, RegistryConfig>) -> Result<Client, RegistryError> {
-        let builder = || {
-            reqwest::Client::builder()
-                .connect_timeout(CONNECT_TIMEOUT)
-                .read_timeout(READ_TIMEOUT)
-                .user_agent(concat!("crius/", env!("CARGO_PKG_VERSION")))
-        };
         let build_err = |e: reqwest::Error| RegistryError::Client(error_chain(&e));
         Ok(Client {
             registries: RwLock::new(registries),
-            secure: builder().build().map_err(build_err)?,
-            insecure: builder()
+            secure: client_builder().build().map_err(build_err)?,
+            insecure: client_builder()
                 .danger_accept_invalid_certs(true)
                 .build()
                 .map_err(build_err)?,
+            with_ca: Mutex::new(HashMap::new()),
         })
     }
 
     /// Replaces the per-host settings (SIGHUP reload); pulls in flight keep their endpoints.
+    /// `ca_file`s are read again at their next use.
     pub fn set_registries(&self, registries: BTreeMap<String, RegistryConfig>) {
         let mut guard = self.registries.write().unwrap_or_else(|p| p.into_inner());
         *guard = registries;
+        self.with_ca
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
+    }
+
+    /// The HTTP client for `endpoint`: no verification if insecure, else the built-in roots
+    /// plus its `ca_file` (read once, then cached until a reload).
+    async fn http_for(&self, endpoint: &Endpoint) -> Result<reqwest::Client, RegistryError> {
+        if endpoint.insecure {
+            return Ok(self.insecure.clone());
+        }
+        let Some(path) = &endpoint.ca_file else {
+            return Ok(self.secure.clone());
+        };
+        let cached = self
+            .with_ca
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(path)
+            .cloned();
+        if let Some(client) = cached {
+            return Ok(client);
+        }
+        let pem = tokio::fs::read(path)
+            .await
+            .map_err(|e| RegistryError::CaFile {
+                path: path.clone(),
+                detail: e.to_string(),
+            })?;
+        let client = client_with_ca(path, &pem)?;
+        self.with_ca
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(path.clone(), client.clone());
+        Ok(client)
     }
 
     fn endpoints_for(&self, registry: &str) -> Vec<Endpoint> {
@@ -160,13 +220,15 @@ impl Client {
         let session = Arc::new(Session::new(credentials.cloned()));
         let mut failures: Vec<(Endpoint, RegistryError)> = Vec::new();
         for endpoint in self.endpoints_for(&reference.registry) {
-            let http = if endpoint.insecure {
-                &self.insecure
-            } else {
-                &self.secure
+            let http = match self.http_for(&endpoint).await {
+                Ok(http) => http,
+                Err(e) => {
+                    failures.push((endpoint, e));
+                    continue;
+                }
             };
             match self
-                .resolve_at(&endpoint, http, &session, reference, platform)
+                .resolve_at(&endpoint, &http, &session, reference, platform)
                 .await
             {
                 Ok(resolved) => {
@@ -756,6 +818,7 @@ mod tests {
             prefix: String::new(),
             insecure: false,
             mirror_of: mirror.then(|| "up.example".to_string()),
+            ca_file: None,
         }
     }
 
@@ -865,6 +928,19 @@ mod tests {
     }
 
     #[test]
+    fn a_ca_file_without_certificates_is_refused_naming_it() {
+        let path = Path::new("/etc/crius/ca.pem");
+        for pem in [&b""[..], b"not a certificate"] {
+            let err = client_with_ca(path, pem).unwrap_err();
+            assert_eq!(err.kind(), ErrorKind::FailedPrecondition, "{err}");
+            assert!(
+                err.to_string().contains("ca_file /etc/crius/ca.pem"),
+                "{err}"
+            );
+        }
+    }
+
+    #[test]
     fn set_registries_changes_endpoints() {
         let client = Client::new(BTreeMap::new()).unwrap();
         assert_eq!(
@@ -878,6 +954,7 @@ mod tests {
                 mirrors: vec!["m.example/hub".into()],
                 mirror_only: true,
                 insecure: false,
+                ..Default::default()
             },
         );
         client.set_registries(regs);
