@@ -7,7 +7,7 @@ CARGO ?= cargo
 # Test: the fixtures (loopback registry, image tooling) and the reference runtime.
 PACKAGES_RUN   := runc crun containernetworking-plugins iptables iproute2
 PACKAGES_BUILD := protobuf-compiler gcc libc6-dev make
-PACKAGES_TEST  := docker-registry skopeo umoci busybox-static apache2-utils jq curl python3-venv
+PACKAGES_TEST  := docker-registry skopeo umoci busybox-static apache2-utils jq curl python3-venv openssl
 
 CNI_CONF_DIR ?= /etc/cni/net.d
 RUN_ARGS ?=
