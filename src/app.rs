@@ -176,7 +176,7 @@ impl Daemon {
                     user_namespaces,
                 };
                 let (sandboxes, sandbox_report) =
-                    Sandboxes::open(&root, settings, network, cgroups, metrics.clone())?;
+                    Sandboxes::open(&root, settings, network, cgroups.clone(), metrics.clone())?;
                 let runtimes = runtimes(&config);
                 let container_settings = ContainerSettings {
                     bundles_dir: config.state.runroot.join("containers"),
@@ -184,6 +184,7 @@ impl Daemon {
                     storage_dir: root.join("containers"),
                     links_dir: root.join("l"),
                     idmap_dir: root.join("i"),
+                    cgroups: cgroups.clone(),
                     host: crate::container::spec::HostView {
                         pids_limit: config.runtime.pids_limit,
                         ..crate::container::host::detect()

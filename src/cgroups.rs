@@ -166,6 +166,117 @@ impl Cgroups {
     }
 }
 
+/// CPU, memory and process figures of one cgroup, from whichever hierarchy carries each
+/// (cgroup v1 controllers first; in hybrid mode the v2 mount only fills what v1 lacks).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Usage {
+    /// Cumulative CPU time (`cpuacct.usage`, v2 `cpu.stat usage_usec`).
+    pub cpu_ns: Option<u64>,
+    /// `memory.usage_in_bytes` / `memory.current`.
+    pub memory_bytes: Option<u64>,
+    /// Usage minus inactive file pages: what kubelet evicts on.
+    pub working_set_bytes: Option<u64>,
+    pub rss_bytes: Option<u64>,
+    pub page_faults: Option<u64>,
+    pub major_page_faults: Option<u64>,
+    /// The memory limit, when there is one.
+    pub memory_limit: Option<u64>,
+    pub swap_bytes: Option<u64>,
+    /// `pids.current`.
+    pub processes: Option<u64>,
+}
+
+fn read_u64(path: &Path) -> Option<u64> {
+    std::fs::read_to_string(path).ok()?.trim().parse().ok()
+}
+
+/// `key value` lines (`memory.stat`, `cpu.stat`).
+fn read_keyed(path: &Path) -> Vec<(String, u64)> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| {
+            let (k, v) = l.split_once(' ')?;
+            Some((k.to_string(), v.trim().parse().ok()?))
+        })
+        .collect()
+}
+
+fn keyed(stat: &[(String, u64)], keys: &[&str]) -> Option<u64> {
+    keys.iter()
+        .find_map(|k| stat.iter().find(|(name, _)| name == k).map(|(_, v)| *v))
+}
+
+impl Cgroups {
+    /// Reads the usage of `cgroup` (an absolute cgroupfs path). Missing files (a cgroup that
+    /// is gone, a controller that is not mounted) leave their figures `None`.
+    pub fn usage(&self, cgroup: &str) -> Result<Usage, CgroupError> {
+        let rel = relative(cgroup)?;
+        let mut u = Usage::default();
+        // v1 first: in hybrid mode it owns the controllers.
+        let mut ordered: Vec<&(PathBuf, bool)> = self.hierarchies.iter().collect();
+        ordered.sort_by_key(|(_, v2)| *v2);
+        for (hierarchy, v2) in ordered {
+            let dir = hierarchy.join(&rel);
+            if !dir.is_dir() {
+                continue;
+            }
+            if *v2 {
+                read_v2(&dir, &mut u);
+            } else {
+                read_v1(&dir, &mut u);
+            }
+        }
+        Ok(u)
+    }
+}
+
+fn read_v1(dir: &Path, u: &mut Usage) {
+    if u.cpu_ns.is_none() {
+        u.cpu_ns = read_u64(&dir.join("cpuacct.usage"));
+    }
+    if u.processes.is_none() {
+        u.processes = read_u64(&dir.join("pids.current"));
+    }
+    if u.memory_bytes.is_none() {
+        if let Some(usage) = read_u64(&dir.join("memory.usage_in_bytes")) {
+            let stat = read_keyed(&dir.join("memory.stat"));
+            let inactive = keyed(&stat, &["total_inactive_file", "inactive_file"]).unwrap_or(0);
+            u.memory_bytes = Some(usage);
+            u.working_set_bytes = Some(usage.saturating_sub(inactive));
+            u.rss_bytes = keyed(&stat, &["total_rss", "rss"]);
+            u.page_faults = keyed(&stat, &["total_pgfault", "pgfault"]);
+            u.major_page_faults = keyed(&stat, &["total_pgmajfault", "pgmajfault"]);
+            // "Unlimited" is a huge page-rounded number on v1.
+            u.memory_limit = read_u64(&dir.join("memory.limit_in_bytes")).filter(|l| *l < 1 << 62);
+            u.swap_bytes = read_u64(&dir.join("memory.memsw.usage_in_bytes"))
+                .map(|memsw| memsw.saturating_sub(usage));
+        }
+    }
+}
+
+fn read_v2(dir: &Path, u: &mut Usage) {
+    if u.cpu_ns.is_none() {
+        u.cpu_ns = keyed(&read_keyed(&dir.join("cpu.stat")), &["usage_usec"]).map(|us| us * 1000);
+    }
+    if u.processes.is_none() {
+        u.processes = read_u64(&dir.join("pids.current"));
+    }
+    if u.memory_bytes.is_none() {
+        if let Some(usage) = read_u64(&dir.join("memory.current")) {
+            let stat = read_keyed(&dir.join("memory.stat"));
+            let inactive = keyed(&stat, &["inactive_file"]).unwrap_or(0);
+            u.memory_bytes = Some(usage);
+            u.working_set_bytes = Some(usage.saturating_sub(inactive));
+            u.rss_bytes = keyed(&stat, &["anon"]);
+            u.page_faults = keyed(&stat, &["pgfault"]);
+            u.major_page_faults = keyed(&stat, &["pgmajfault"]);
+            u.memory_limit = read_u64(&dir.join("memory.max"));
+            u.swap_bytes = read_u64(&dir.join("memory.swap.current"));
+        }
+    }
+}
+
 /// Validates an absolute cgroupfs path and returns it relative to a hierarchy.
 pub fn relative(cgroup: &str) -> Result<PathBuf, CgroupError> {
     let invalid = |reason| CgroupError::Invalid {
@@ -401,5 +512,44 @@ mod tests {
         assert_eq!(shares_to_weight(2), 1);
         assert_eq!(shares_to_weight(1024), 39);
         assert_eq!(shares_to_weight(262_144), 10_000);
+    }
+
+    #[test]
+    fn usage_reads_v1_controllers_and_fills_gaps_from_v2() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        for c in ["cpuacct", "memory", "pids", "unified"] {
+            std::fs::create_dir_all(root.join(c).join("pod/ctr")).unwrap();
+            std::fs::write(root.join(c).join("cgroup.procs"), "").unwrap();
+        }
+        std::fs::write(root.join("unified/cgroup.controllers"), "").unwrap();
+        let cg = Cgroups::discover(root).unwrap();
+        let at = |c: &str, f: &str, v: &str| {
+            std::fs::write(root.join(c).join("pod/ctr").join(f), v).unwrap();
+        };
+        at("cpuacct", "cpuacct.usage", "5000\n");
+        at("unified", "cpu.stat", "usage_usec 9\nuser_usec 1\n");
+        at("memory", "memory.usage_in_bytes", "1000\n");
+        at(
+            "memory",
+            "memory.stat",
+            "rss 10\ntotal_rss 300\ninactive_file 1\ntotal_inactive_file 200\ntotal_pgfault 7\ntotal_pgmajfault 2\n",
+        );
+        at("memory", "memory.limit_in_bytes", "9223372036854771712\n");
+        at("pids", "pids.current", "3\n");
+        let u = cg.usage("/pod/ctr").unwrap();
+        assert_eq!(u.cpu_ns, Some(5000), "v1 cpuacct wins over the v2 mount");
+        assert_eq!(u.memory_bytes, Some(1000));
+        assert_eq!(u.working_set_bytes, Some(800));
+        assert_eq!(u.rss_bytes, Some(300));
+        assert_eq!((u.page_faults, u.major_page_faults), (Some(7), Some(2)));
+        assert_eq!(u.memory_limit, None, "unlimited");
+        assert_eq!(u.processes, Some(3));
+
+        // Without cpuacct the v2 cpu.stat is used; a missing cgroup reads as nothing.
+        std::fs::remove_file(root.join("cpuacct/pod/ctr/cpuacct.usage")).unwrap();
+        assert_eq!(cg.usage("/pod/ctr").unwrap().cpu_ns, Some(9000));
+        assert_eq!(cg.usage("/pod/gone").unwrap(), Usage::default());
+        assert!(cg.usage("relative").is_err());
     }
 }

@@ -1004,3 +1004,170 @@ async fn user_namespace_pods_map_root_and_idmap_rootfs_and_volumes() {
         .unwrap_or(0);
     assert_eq!(staging, 0, "idmap staging dirs left");
 }
+
+#[tokio::test]
+async fn stats_report_cpu_memory_writable_layer_and_pod_network() {
+    let env = Env::new().await;
+    let parent = format!("/crius-e2e-stats-{}", std::process::id());
+    let mut req = env.pod_config("stats");
+    pods::config(&mut req)
+        .linux
+        .get_or_insert_with(Default::default)
+        .cgroup_parent = parent.clone();
+    let config = req.config.clone().unwrap();
+    let pod_id = env
+        .rt()
+        .await
+        .run_pod_sandbox(req)
+        .await
+        .unwrap()
+        .into_inner()
+        .pod_sandbox_id;
+    let pod = (pod_id.clone(), config);
+    let mut ctr = env.ctr(
+        "busy",
+        &[
+            "sh",
+            "-c",
+            "dd if=/dev/zero of=/big bs=1024 count=4096 2>/dev/null; i=0; \
+             while [ $i -lt 20000 ]; do i=$((i+1)); done; sleep 1000",
+        ],
+    );
+    ctr.labels.insert("app".into(), "stats".into());
+    let id = env.run(&pod, ctr).await;
+
+    let stats_of = |id: String| async {
+        let env = &env;
+        env.rt()
+            .await
+            .container_stats(cri::ContainerStatsRequest { container_id: id })
+            .await
+            .map(|r| r.into_inner().stats.unwrap())
+    };
+    // The writable layer grows to the 4 MiB file.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let first = loop {
+        let s = stats_of(id.clone()).await.unwrap();
+        let used = s.writable_layer.as_ref().unwrap().used_bytes.unwrap().value;
+        if used >= 4 << 20 {
+            break s;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "writable layer stays at {used} bytes"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let attrs = first.attributes.as_ref().unwrap();
+    assert_eq!(attrs.id, id);
+    assert_eq!(attrs.metadata.as_ref().unwrap().name, "busy");
+    assert_eq!(attrs.labels.get("app").map(String::as_str), Some("stats"));
+    let cpu = first.cpu.as_ref().unwrap();
+    assert!(cpu.usage_core_nano_seconds.unwrap().value > 0);
+    let mem = first.memory.as_ref().unwrap();
+    let working_set = mem.working_set_bytes.unwrap().value;
+    assert!(working_set > 0 && working_set <= mem.usage_bytes.unwrap().value);
+    let layer = first.writable_layer.as_ref().unwrap();
+    assert!(layer.inodes_used.unwrap().value >= 1);
+    assert!(!layer.fs_id.as_ref().unwrap().mountpoint.is_empty());
+    // A second sample gives a CPU rate.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let second = stats_of(id.clone()).await.unwrap();
+    assert!(second.cpu.unwrap().usage_nano_cores.is_some());
+    let err = stats_of("0".repeat(64)).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::NotFound, "{err:?}");
+
+    let list = |filter: cri::ContainerStatsFilter| async {
+        let env = &env;
+        env.rt()
+            .await
+            .list_container_stats(cri::ListContainerStatsRequest {
+                filter: Some(filter),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .stats
+            .into_iter()
+            .map(|s| s.attributes.unwrap().id)
+            .collect::<Vec<_>>()
+    };
+    let by_pod = cri::ContainerStatsFilter {
+        pod_sandbox_id: pod_id.clone(),
+        ..Default::default()
+    };
+    assert_eq!(list(by_pod).await, [id.as_str()]);
+    let by_label = cri::ContainerStatsFilter {
+        label_selector: [("app".to_string(), "stats".to_string())].into(),
+        ..Default::default()
+    };
+    assert_eq!(list(by_label).await, [id.as_str()]);
+    let other_label = cri::ContainerStatsFilter {
+        label_selector: [("app".to_string(), "other".to_string())].into(),
+        ..Default::default()
+    };
+    assert!(list(other_label).await.is_empty());
+
+    // The pod: its cgroup parent, its eth0, its processes, its container.
+    let pod_stats = env
+        .rt()
+        .await
+        .pod_sandbox_stats(cri::PodSandboxStatsRequest {
+            pod_sandbox_id: pod_id.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .stats
+        .unwrap();
+    assert_eq!(pod_stats.attributes.as_ref().unwrap().id, pod_id);
+    let linux = pod_stats.linux.unwrap();
+    assert!(linux.cpu.unwrap().usage_core_nano_seconds.unwrap().value > 0);
+    assert!(linux.memory.unwrap().working_set_bytes.unwrap().value > 0);
+    let net = linux.network.unwrap();
+    assert_eq!(net.default_interface.unwrap().name, "eth0");
+    assert!(net.interfaces.iter().all(|i| i.name != "lo"));
+    assert!(linux.process.unwrap().process_count.unwrap().value >= 1);
+    assert_eq!(linux.containers.len(), 1);
+    let listed = env
+        .rt()
+        .await
+        .list_pod_sandbox_stats(cri::ListPodSandboxStatsRequest {
+            filter: Some(cri::PodSandboxStatsFilter {
+                id: pod_id.clone(),
+                ..Default::default()
+            }),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .stats;
+    assert_eq!(listed.len(), 1);
+    let err = env
+        .rt()
+        .await
+        .pod_sandbox_stats(cri::PodSandboxStatsRequest {
+            pod_sandbox_id: "f".repeat(64),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::NotFound, "{err:?}");
+
+    let mut rt = env.rt().await;
+    rt.stop_pod_sandbox(cri::StopPodSandboxRequest {
+        pod_sandbox_id: pod_id.clone(),
+    })
+    .await
+    .unwrap();
+    rt.remove_pod_sandbox(cri::RemovePodSandboxRequest {
+        pod_sandbox_id: pod_id,
+    })
+    .await
+    .unwrap();
+    assert!(
+        !Path::new("/sys/fs/cgroup/memory")
+            .join(&parent[1..])
+            .exists(),
+        "pod cgroup {parent} left behind"
+    );
+}

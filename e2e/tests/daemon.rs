@@ -182,15 +182,11 @@ async fn rpcs_of_later_capabilities_answer_unimplemented_naming_the_rpc() {
     let err = d
         .runtime()
         .await
-        .container_stats(cri::ContainerStatsRequest::default())
+        .port_forward(cri::PortForwardRequest::default())
         .await
         .unwrap_err();
     assert_eq!(err.code(), tonic::Code::Unimplemented);
-    assert!(
-        err.message().contains("ContainerStats"),
-        "{}",
-        err.message()
-    );
+    assert!(err.message().contains("PortForward"), "{}", err.message());
     let err = d
         .runtime()
         .await

@@ -16,6 +16,7 @@ pub mod record;
 pub mod resources;
 pub mod rootfs;
 pub mod spec;
+pub mod stats;
 
 use std::collections::{BTreeMap, HashMap};
 use std::os::fd::AsFd;
@@ -53,6 +54,8 @@ pub struct Settings {
     /// `<root>/i`: idmapped layers and volumes staged while a container of a pod with a user
     /// namespace is created (see `crate::idmap`).
     pub idmap_dir: PathBuf,
+    /// The host's cgroup hierarchies, for stats; `None` when none were found.
+    pub cgroups: Option<crate::cgroups::Cgroups>,
     pub host: spec::HostView,
 }
 
@@ -75,6 +78,8 @@ pub struct Containers {
     names: Mutex<HashMap<String, String>>,
     creating: KeyedLocks,
     locks: KeyedLocks,
+    /// Last `(time, cumulative CPU ns)` per container (and `pod:<id>`), for CPU rates.
+    cpu_samples: Mutex<HashMap<String, (i64, u64)>>,
 }
 
 fn b64(bytes: Vec<u8>) -> String {
@@ -140,6 +145,7 @@ impl Containers {
             names: Mutex::new(HashMap::new()),
             creating: KeyedLocks::default(),
             locks: KeyedLocks::default(),
+            cpu_samples: Mutex::new(HashMap::new()),
         });
         for (id, rec) in this.records.list() {
             lock(&this.names).insert(rec.name_key(), id.clone());
@@ -838,6 +844,7 @@ impl Containers {
         }
         self.records.remove(id)?;
         lock(&self.names).remove(&rec.name_key());
+        self.forget_samples(id);
         tracing::info!(container_id = %id, "container removed");
         Ok(())
     }

@@ -36,7 +36,7 @@ mod golden;
 #[cfg(test)]
 mod tests;
 
-pub use linux::linux_resources;
+pub use linux::{cgroups_path, linux_resources};
 pub use process::parse_signal;
 pub use seccomp::{default_profile, localhost_profile_path};
 pub use security::DEFAULT_CAPABILITIES;

@@ -117,13 +117,14 @@ cri_service! {
     exec(ExecRequest) -> ExecResponse, "Exec" => unimplemented;
     attach(AttachRequest) -> AttachResponse, "Attach" => unimplemented;
     port_forward(PortForwardRequest) -> PortForwardResponse, "PortForward" => unimplemented;
-    container_stats(ContainerStatsRequest) -> ContainerStatsResponse, "ContainerStats" => unimplemented;
+    container_stats(ContainerStatsRequest) -> ContainerStatsResponse, "ContainerStats"
+        => runtime::container_stats::container_stats;
     list_container_stats(ListContainerStatsRequest) -> ListContainerStatsResponse,
-        "ListContainerStats" => unimplemented;
+        "ListContainerStats" => runtime::list_container_stats::list_container_stats;
     pod_sandbox_stats(PodSandboxStatsRequest) -> PodSandboxStatsResponse, "PodSandboxStats"
-        => unimplemented;
+        => runtime::pod_sandbox_stats::pod_sandbox_stats;
     list_pod_sandbox_stats(ListPodSandboxStatsRequest) -> ListPodSandboxStatsResponse,
-        "ListPodSandboxStats" => unimplemented;
+        "ListPodSandboxStats" => runtime::list_pod_sandbox_stats::list_pod_sandbox_stats;
     checkpoint_container(CheckpointContainerRequest) -> CheckpointContainerResponse,
         "CheckpointContainer" => unimplemented;
     list_metric_descriptors(ListMetricDescriptorsRequest) -> ListMetricDescriptorsResponse,

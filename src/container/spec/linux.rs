@@ -244,7 +244,7 @@ pub(super) fn oom_score_adj(requested: i64, host: &HostView) -> i32 {
 }
 
 /// `<cgroup_parent>/crius-<id>`, or `/crius/crius-<id>` without a parent (cgroupfs paths).
-pub(super) fn cgroups_path(parent: &str, container_id: &str) -> PathBuf {
+pub fn cgroups_path(parent: &str, container_id: &str) -> PathBuf {
     let parent = parent.trim_end_matches('/');
     if parent.is_empty() {
         PathBuf::from(format!("/crius/crius-{container_id}"))

@@ -22,7 +22,7 @@ pub fn state_from_cri(state: i32) -> Option<Option<ContainerState>> {
     })
 }
 
-fn metadata(rec: &ContainerRecord) -> cri::ContainerMetadata {
+pub fn metadata(rec: &ContainerRecord) -> cri::ContainerMetadata {
     cri::ContainerMetadata {
         name: rec.name.clone(),
         attempt: rec.attempt,

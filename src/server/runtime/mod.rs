@@ -1,12 +1,16 @@
 //! Handlers of `RuntimeService`, one file per RPC.
 
 pub mod container;
+pub mod container_stats;
 pub mod container_status;
 pub mod create_container;
 pub mod exec_sync;
+pub mod list_container_stats;
 pub mod list_containers;
 pub mod list_pod_sandbox;
+pub mod list_pod_sandbox_stats;
 pub mod pod_sandbox;
+pub mod pod_sandbox_stats;
 pub mod pod_sandbox_status;
 pub mod remove_container;
 pub mod remove_pod_sandbox;
@@ -14,6 +18,7 @@ pub mod reopen_container_log;
 pub mod run_pod_sandbox;
 pub mod runtime_config;
 pub mod start_container;
+pub mod stats;
 pub mod status;
 pub mod stop_container;
 pub mod stop_pod_sandbox;
