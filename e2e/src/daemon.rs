@@ -47,6 +47,8 @@ pub struct Options {
     pub extra_config: String,
     /// A drop-in (`crius.d/50-test.toml`), for tables the main file already has (`[network]`).
     pub drop_in: String,
+    /// Extra command-line flags for the serving daemon (`--log-format json`).
+    pub args: Vec<String>,
 }
 
 /// Paths of one isolated daemon instance.
@@ -147,6 +149,7 @@ impl Daemon {
                 .expect("open daemon log");
             let child = self
                 .command()
+                .args(&self.options.args)
                 .stdin(Stdio::null())
                 .stdout(log.try_clone().expect("clone log fd"))
                 .stderr(log)

@@ -35,6 +35,35 @@ async fn version_names_crius_and_the_v1_api() {
     assert_eq!(v.version, "0.1.0");
 }
 
+#[test]
+fn crius_version_prints_the_runtime_name_and_version() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = tmp.path().join("crius.toml");
+    std::fs::write(&config, "").unwrap();
+    let out = std::process::Command::new(crius_e2e::daemon::crius_bin())
+        .arg("--config")
+        .arg(&config)
+        .arg("--config-dir")
+        .arg(tmp.path().join("none.d"))
+        .arg("version")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        stdout.trim(),
+        format!("crius {} (CRI v1)", env!("CARGO_PKG_VERSION"))
+    );
+    assert!(
+        std::fs::read_dir(tmp.path()).unwrap().count() == 1,
+        "`crius version` created files"
+    );
+}
+
 #[tokio::test]
 async fn network_ready_follows_the_cni_conf_dir_without_restart() {
     let d = Daemon::start().await;
@@ -218,6 +247,19 @@ async fn metrics_count_operations_errors_and_latency() {
         .run_pod_sandbox(cri::RunPodSandboxRequest::default())
         .await
         .unwrap_err();
+    let unimplemented =
+        "crius_operations_errors_total{code=\"Unimplemented\",operation=\"PortForward\"}";
+    assert_eq!(metric_value(&d.http_get("/metrics").1, unimplemented), None);
+    for _ in 0..2 {
+        let err = rt
+            .port_forward(cri::PortForwardRequest {
+                pod_sandbox_id: "p1".into(),
+                port: vec![80],
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), tonic::Code::Unimplemented);
+    }
 
     let (code, body) = d.http_get("/metrics");
     assert_eq!(code, 200);
@@ -236,8 +278,84 @@ async fn metrics_count_operations_errors_and_latency() {
         "crius_operations_errors_total{code=\"InvalidArgument\",operation=\"RunPodSandbox\"}",
     );
     assert_eq!(errors, Some(1.0), "{body}");
+    assert_eq!(metric_value(&body, unimplemented), Some(2.0), "{body}");
+    assert_eq!(
+        metric_value(&body, "crius_operations_total{operation=\"PortForward\"}"),
+        Some(2.0),
+        "{body}"
+    );
     assert_eq!(d.http_get("/healthz"), (200, "ok\n".to_string()));
     assert_eq!(d.http_get("/nope").0, 404);
+}
+
+/// The daemon's log as JSON objects; every line must be one.
+fn json_lines(log: &str) -> Vec<serde_json::Value> {
+    log.lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| {
+            serde_json::from_str(l).unwrap_or_else(|e| panic!("not a JSON log line ({e}): {l}"))
+        })
+        .collect()
+}
+
+/// The `rpc` span of the first event logged inside operation `op`.
+fn rpc_span<'a>(lines: &'a [serde_json::Value], op: &str) -> &'a serde_json::Value {
+    lines
+        .iter()
+        .filter_map(|l| l.get("span"))
+        .find(|s| s["name"] == "rpc" && s["op"] == op)
+        .unwrap_or_else(|| panic!("no rpc span for {op} in {lines:#?}"))
+}
+
+#[tokio::test]
+async fn json_logs_carry_the_rpc_span_with_the_operation_and_ids() {
+    let d = Daemon::start_with(Options {
+        args: vec!["--log-format".into(), "json".into()],
+        ..Options::default()
+    })
+    .await;
+    let mut rt = d.runtime().await;
+    rt.remove_pod_sandbox(cri::RemovePodSandboxRequest {
+        pod_sandbox_id: "pod-7f3a".into(),
+    })
+    .await
+    .unwrap();
+    let err = rt
+        .container_status(cri::ContainerStatusRequest {
+            container_id: "ctr-51c2".into(),
+            verbose: false,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::NotFound);
+    let _ = d
+        .image()
+        .await
+        .remove_image(cri::RemoveImageRequest {
+            image: Some(cri::ImageSpec {
+                image: "e2e.invalid/gone:9".into(),
+                ..Default::default()
+            }),
+        })
+        .await;
+
+    let lines = json_lines(&d.log());
+    assert!(
+        lines.iter().any(|l| l["message"] == "crius serving"),
+        "{lines:#?}"
+    );
+    let pod = rpc_span(&lines, "RemovePodSandbox");
+    assert_eq!(pod["pod_id"], "pod-7f3a", "{pod}");
+    let ctr = rpc_span(&lines, "ContainerStatus");
+    assert_eq!(ctr["container_id"], "ctr-51c2", "{ctr}");
+    let failed = lines
+        .iter()
+        .find(|l| l["message"] == "rpc failed" && l["span"]["op"] == "ContainerStatus")
+        .unwrap_or_else(|| panic!("{lines:#?}"));
+    assert_eq!(failed["code"], "NotFound", "{failed}");
+    assert_eq!(failed["level"], "WARN", "{failed}");
+    let image = rpc_span(&lines, "RemoveImage");
+    assert_eq!(image["image"], "e2e.invalid/gone:9", "{image}");
 }
 
 #[tokio::test]
