@@ -261,10 +261,18 @@ impl Daemon {
     pub fn terminate(&mut self, timeout: Duration) -> Option<(ExitStatus, Duration)> {
         let started = Instant::now();
         self.signal(libc::SIGTERM);
+        let status = self.wait_exit(timeout)?;
+        Some((status, started.elapsed()))
+    }
+
+    /// Waits (bounded) for the daemon to exit on its own; past `timeout` it is killed and `None`
+    /// returned.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let started = Instant::now();
         let mut child = self.child.take()?;
         while started.elapsed() < timeout {
             if let Ok(Some(status)) = child.try_wait() {
-                return Some((status, started.elapsed()));
+                return Some(status);
             }
             std::thread::sleep(Duration::from_millis(5));
         }

@@ -3,9 +3,13 @@
 
 #![allow(clippy::unwrap_used)] // Tests fail by panicking.
 
-use std::time::Duration;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::time::{Duration, Instant};
 
 use crius_e2e::daemon::{metric_value, Daemon, Options};
+use crius_e2e::network::TestNetwork;
+use crius_e2e::pods;
 use k8s_cri::v1 as cri;
 
 const CONFLIST: &str = r#"{"cniVersion":"1.0.0","name":"e2e","plugins":[{"type":"loopback"}]}"#;
@@ -413,6 +417,97 @@ async fn sigterm_exits_zero_quickly_and_removes_the_socket() {
     assert!(status.success(), "exit status {status}\n{}", d.log());
     assert!(took < Duration::from_secs(2), "took {took:?}");
     assert!(!d.paths.socket.exists());
+}
+
+/// A chained CNI plugin whose ADD touches `<dir>/started`, then holds until `<dir>/release`
+/// exists (at most 20 s): an RPC that stays in flight for as long as the test wants.
+fn gate_plugin(dir: &Path) -> String {
+    let script = format!(
+        "#!/bin/sh\nset -e\ninput=$(cat)\n\
+         if [ \"$CNI_COMMAND\" = ADD ]; then\n\
+           touch {dir}/started\n\
+           i=0\n\
+           while [ ! -e {dir}/release ] && [ $i -lt 400 ]; do sleep 0.05; i=$((i+1)); done\n\
+           printf '%s' \"$input\" | jq -c .prevResult\n\
+         fi\n",
+        dir = dir.display()
+    );
+    let path = dir.join("crius-gate");
+    std::fs::write(&path, script).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    r#"{"type":"crius-gate"}"#.to_string()
+}
+
+#[tokio::test]
+async fn sigterm_lets_an_in_flight_rpc_finish_and_refuses_new_connections() {
+    let net = TestNetwork::new();
+    let bin = tempfile::tempdir().unwrap();
+    let mut d = Daemon::start_with(Options {
+        drop_in: format!(
+            "[network]\nbin_dirs = [{:?}, \"/usr/lib/cni\"]\n",
+            bin.path()
+        ),
+        ..Options::default()
+    })
+    .await;
+    net.install(&d.paths.cni_conf_dir, &[&gate_plugin(bin.path())]);
+
+    let mut rt = d.runtime().await;
+    let in_flight = tokio::spawn(async move { rt.run_pod_sandbox(pods::pod("slow")).await });
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !bin.path().join("started").exists() {
+        assert!(
+            Instant::now() < deadline,
+            "RunPodSandbox never reached CNI ADD"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(!in_flight.is_finished());
+
+    d.signal(libc::SIGTERM);
+    let deadline = Instant::now() + Duration::from_secs(1);
+    while tokio::net::UnixStream::connect(&d.paths.socket)
+        .await
+        .is_ok()
+    {
+        assert!(
+            Instant::now() < deadline,
+            "new connections still accepted after SIGTERM"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert!(!in_flight.is_finished(), "the RPC ended before its CNI ADD");
+    std::fs::write(bin.path().join("release"), "").unwrap();
+
+    let id = in_flight
+        .await
+        .unwrap()
+        .expect("the in-flight RunPodSandbox failed")
+        .into_inner()
+        .pod_sandbox_id;
+    let status = d
+        .wait_exit(Duration::from_secs(5))
+        .expect("daemon did not exit after SIGTERM");
+    assert!(status.success(), "exit status {status}\n{}", d.log());
+    assert!(!d.paths.socket.exists());
+    assert!(!d.log().contains("grace period over"), "{}", d.log());
+
+    // The pod the drained RPC created is real: the next daemon has it, and removes it.
+    d.restart().await;
+    let mut rt = d.runtime().await;
+    let pods = rt
+        .list_pod_sandbox(cri::ListPodSandboxRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .items;
+    assert_eq!(pods.len(), 1, "{pods:?}");
+    assert_eq!(pods[0].id, id);
+    assert_eq!(pods[0].state, cri::PodSandboxState::SandboxReady as i32);
+    rt.remove_pod_sandbox(cri::RemovePodSandboxRequest { pod_sandbox_id: id })
+        .await
+        .unwrap();
+    assert!(net.ip_files().is_empty(), "{:?}", net.ip_files());
 }
 
 #[tokio::test]
