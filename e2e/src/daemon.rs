@@ -3,7 +3,9 @@
 //! Owns starting the built binary with its own temporary root, runroot, socket, CNI conf dir and
 //! config; connecting `k8s-cri` clients over the unix socket; reading its metrics; stopping it.
 //! Every instance is isolated so tests run in parallel. When a test panics, the daemon's log is
-//! printed; the process is always killed and reaped, and the temp dir removed.
+//! printed. On drop, whatever the test did or failed to do, the instance's pods and containers
+//! are removed (over the socket while the daemon lives, then by [`crate::sweep`]), the process is
+//! killed and reaped, and the temp dir removed.
 
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -242,6 +244,13 @@ impl Daemon {
         ImageServiceClient::new(channel)
     }
 
+    /// Whether the daemon process is still running.
+    pub fn is_alive(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(|c| c.id())
     }
@@ -304,9 +313,21 @@ impl Daemon {
     }
 }
 
+/// How long the drop of a live daemon may spend removing its pods and containers over its
+/// socket before it is killed and swept.
+const CLEANUP_BUDGET: Duration = Duration::from_secs(10);
+
 impl Drop for Daemon {
+    /// Leaves nothing on the host, even when the test failed halfway: a live daemon first removes
+    /// every pod (with its containers and network) and container over its socket; then it is
+    /// killed and [`sweep`](crate::sweep) removes what is left (monitors, runtime containers,
+    /// mounts) before the temp dir goes.
     fn drop(&mut self) {
+        if self.is_alive() {
+            remove_all_over_socket(self.paths.socket.clone(), CLEANUP_BUDGET);
+        }
         self.kill9();
+        crate::sweep::all(self.tmp.path(), &self.paths.runroot);
         if std::thread::panicking() {
             eprintln!(
                 "--- crius log ({}) ---\n{}\n--- end of crius log ---",
@@ -315,6 +336,53 @@ impl Drop for Daemon {
             );
         }
     }
+}
+
+/// Best effort, within `budget`: RemovePodSandbox for every pod (stops and removes its
+/// containers, CNI DEL, unmounts) and RemoveContainer for every container left. Runs on its own
+/// thread and runtime, so it works from `Drop` inside a test's runtime.
+fn remove_all_over_socket(socket: PathBuf, budget: Duration) {
+    use k8s_cri::v1 as cri;
+    let worker = std::thread::spawn(move || {
+        let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        else {
+            return;
+        };
+        rt.block_on(async move {
+            let _ = tokio::time::timeout(budget, async {
+                let Ok(channel) = unix_channel(socket).await else {
+                    return;
+                };
+                let mut rt = RuntimeServiceClient::new(channel);
+                if let Ok(pods) = rt
+                    .list_pod_sandbox(cri::ListPodSandboxRequest::default())
+                    .await
+                {
+                    for pod in pods.into_inner().items {
+                        let req = cri::RemovePodSandboxRequest {
+                            pod_sandbox_id: pod.id,
+                        };
+                        let _ = rt.remove_pod_sandbox(req).await;
+                    }
+                }
+                if let Ok(ctrs) = rt
+                    .list_containers(cri::ListContainersRequest::default())
+                    .await
+                {
+                    for ctr in ctrs.into_inner().containers {
+                        let req = cri::RemoveContainerRequest {
+                            container_id: ctr.id,
+                        };
+                        let _ = rt.remove_container(req).await;
+                    }
+                }
+            })
+            .await;
+        });
+    });
+    let _ = worker.join();
 }
 
 /// A gRPC channel over the unix socket at `socket` (any CRI endpoint: crius, containerd, ...).
