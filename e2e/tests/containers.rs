@@ -1240,6 +1240,11 @@ async fn dropping_the_daemon_leaves_nothing(kill_first: bool, marker: &str) {
         d.kill9();
     }
     drop(d);
+    if !kill_first {
+        // A live daemon removed the pod itself: CNI DEL released the address and the port.
+        assert!(net.ip_files().is_empty(), "{:?}", net.ip_files());
+        assert_eq!(net.nat_rules(), 0);
+    }
     drop(net);
 
     let mounts = sweep::mount_points_under(&dir);
