@@ -3,7 +3,9 @@
 //! Owns starting the built binary with its own temporary root, runroot, socket, CNI conf dir and
 //! config; connecting `k8s-cri` clients over the unix socket; reading its metrics; stopping it.
 //! Every instance is isolated so tests run in parallel. When a test panics, the daemon's log is
-//! printed; the process is always killed and reaped, and the temp dir removed.
+//! printed. On drop, whatever the test did or failed to do, the instance's pods and containers
+//! are removed (over the socket while the daemon lives, then by [`crate::sweep`]), the process is
+//! killed and reaped, and the temp dir removed.
 
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -47,6 +49,8 @@ pub struct Options {
     pub extra_config: String,
     /// A drop-in (`crius.d/50-test.toml`), for tables the main file already has (`[network]`).
     pub drop_in: String,
+    /// Extra command-line flags for the serving daemon (`--log-format json`).
+    pub args: Vec<String>,
 }
 
 /// Paths of one isolated daemon instance.
@@ -147,6 +151,7 @@ impl Daemon {
                 .expect("open daemon log");
             let child = self
                 .command()
+                .args(&self.options.args)
                 .stdin(Stdio::null())
                 .stdout(log.try_clone().expect("clone log fd"))
                 .stderr(log)
@@ -239,6 +244,13 @@ impl Daemon {
         ImageServiceClient::new(channel)
     }
 
+    /// Whether the daemon process is still running.
+    pub fn is_alive(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(|c| c.id())
     }
@@ -258,10 +270,18 @@ impl Daemon {
     pub fn terminate(&mut self, timeout: Duration) -> Option<(ExitStatus, Duration)> {
         let started = Instant::now();
         self.signal(libc::SIGTERM);
+        let status = self.wait_exit(timeout)?;
+        Some((status, started.elapsed()))
+    }
+
+    /// Waits (bounded) for the daemon to exit on its own; past `timeout` it is killed and `None`
+    /// returned.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let started = Instant::now();
         let mut child = self.child.take()?;
         while started.elapsed() < timeout {
             if let Ok(Some(status)) = child.try_wait() {
-                return Some((status, started.elapsed()));
+                return Some(status);
             }
             std::thread::sleep(Duration::from_millis(5));
         }
@@ -293,9 +313,21 @@ impl Daemon {
     }
 }
 
+/// How long the drop of a live daemon may spend removing its pods and containers over its
+/// socket before it is killed and swept.
+const CLEANUP_BUDGET: Duration = Duration::from_secs(10);
+
 impl Drop for Daemon {
+    /// Leaves nothing on the host, even when the test failed halfway: a live daemon first removes
+    /// every pod (with its containers and network) and container over its socket; then it is
+    /// killed and [`sweep`](crate::sweep) removes what is left (monitors, runtime containers,
+    /// mounts) before the temp dir goes.
     fn drop(&mut self) {
+        if self.is_alive() {
+            remove_all_over_socket(self.paths.socket.clone(), CLEANUP_BUDGET);
+        }
         self.kill9();
+        crate::sweep::all(self.tmp.path(), &self.paths.runroot);
         if std::thread::panicking() {
             eprintln!(
                 "--- crius log ({}) ---\n{}\n--- end of crius log ---",
@@ -304,6 +336,53 @@ impl Drop for Daemon {
             );
         }
     }
+}
+
+/// Best effort, within `budget`: RemovePodSandbox for every pod (stops and removes its
+/// containers, CNI DEL, unmounts) and RemoveContainer for every container left. Runs on its own
+/// thread and runtime, so it works from `Drop` inside a test's runtime.
+fn remove_all_over_socket(socket: PathBuf, budget: Duration) {
+    use k8s_cri::v1 as cri;
+    let worker = std::thread::spawn(move || {
+        let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        else {
+            return;
+        };
+        rt.block_on(async move {
+            let _ = tokio::time::timeout(budget, async {
+                let Ok(channel) = unix_channel(socket).await else {
+                    return;
+                };
+                let mut rt = RuntimeServiceClient::new(channel);
+                if let Ok(pods) = rt
+                    .list_pod_sandbox(cri::ListPodSandboxRequest::default())
+                    .await
+                {
+                    for pod in pods.into_inner().items {
+                        let req = cri::RemovePodSandboxRequest {
+                            pod_sandbox_id: pod.id,
+                        };
+                        let _ = rt.remove_pod_sandbox(req).await;
+                    }
+                }
+                if let Ok(ctrs) = rt
+                    .list_containers(cri::ListContainersRequest::default())
+                    .await
+                {
+                    for ctr in ctrs.into_inner().containers {
+                        let req = cri::RemoveContainerRequest {
+                            container_id: ctr.id,
+                        };
+                        let _ = rt.remove_container(req).await;
+                    }
+                }
+            })
+            .await;
+        });
+    });
+    let _ = worker.join();
 }
 
 /// A gRPC channel over the unix socket at `socket` (any CRI endpoint: crius, containerd, ...).

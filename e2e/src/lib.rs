@@ -7,3 +7,4 @@ pub mod fixtures;
 pub mod network;
 pub mod pods;
 pub mod registry;
+pub mod sweep;

@@ -121,9 +121,92 @@ impl Default for TestNetwork {
 }
 
 impl Drop for TestNetwork {
+    /// Removes the bridge and the nat rules portmap left for this network (a daemon killed
+    /// before CNI DEL leaves them): every rule that names the network, then the per-pod
+    /// `CNI-DN-*` chains those rules jumped to.
     fn drop(&mut self) {
         let _ = run("ip", &["link", "del", &self.bridge]);
+        self.remove_nat_rules();
     }
+}
+
+impl TestNetwork {
+    /// The nat chains portmap created for this network's pods (targets of rules naming it).
+    pub fn nat_chains(&self) -> Vec<String> {
+        let (_, out) = run("iptables", &["-t", "nat", "-S"]);
+        let mut chains: Vec<String> = out
+            .lines()
+            .filter(|l| l.contains(&self.name))
+            .filter_map(|l| {
+                let args = iptables_args(l);
+                let at = args.iter().position(|a| a == "-j")?;
+                args.get(at + 1).cloned()
+            })
+            .filter(|c| c.starts_with("CNI-DN-"))
+            .collect();
+        chains.sort();
+        chains.dedup();
+        chains
+    }
+
+    fn remove_nat_rules(&self) {
+        let chains = self.nat_chains();
+        let (ok, out) = run("iptables", &["-t", "nat", "-S"]);
+        if !ok {
+            return;
+        }
+        for line in out.lines().filter(|l| l.contains(&self.name)) {
+            let mut args = iptables_args(line);
+            if args.first().map(String::as_str) != Some("-A") {
+                continue;
+            }
+            args[0] = "-D".into();
+            let mut argv = vec!["-t", "nat"];
+            argv.extend(args.iter().map(String::as_str));
+            let _ = run("iptables", &argv);
+        }
+        for chain in &chains {
+            let _ = run("iptables", &["-t", "nat", "-F", chain]);
+            let _ = run("iptables", &["-t", "nat", "-X", chain]);
+        }
+    }
+}
+
+/// Splits one `iptables -S` line into arguments: words, with double-quoted strings (their `\"`
+/// and `\\` escaped) as one argument.
+pub fn iptables_args(line: &str) -> Vec<String> {
+    let mut args = Vec::new();
+    let mut cur = String::new();
+    let mut in_word = false;
+    let mut quoted = false;
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '"' => {
+                quoted = !quoted;
+                in_word = true;
+            }
+            '\\' if quoted => {
+                if let Some(next) = chars.next() {
+                    cur.push(next);
+                }
+            }
+            c if c.is_whitespace() && !quoted => {
+                if in_word {
+                    args.push(std::mem::take(&mut cur));
+                    in_word = false;
+                }
+            }
+            c => {
+                cur.push(c);
+                in_word = true;
+            }
+        }
+    }
+    if in_word {
+        args.push(cur);
+    }
+    args
 }
 
 /// Mounts (namespace pins, shm) currently under `dir`.
@@ -134,4 +217,37 @@ pub fn mounts_under(dir: &Path) -> usize {
         .filter_map(|l| l.split_whitespace().nth(4))
         .filter(|p| p.starts_with(&prefix))
         .count()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::iptables_args;
+
+    #[test]
+    fn iptables_args_keep_quoted_comments_whole() {
+        let line = r#"-A CNI-HOSTPORT-DNAT -p tcp -m comment --comment "dnat name: \"n-1\" id: \"ab\"" -m multiport --dports 8080 -j CNI-DN-0f1e"#;
+        assert_eq!(
+            iptables_args(line),
+            [
+                "-A",
+                "CNI-HOSTPORT-DNAT",
+                "-p",
+                "tcp",
+                "-m",
+                "comment",
+                "--comment",
+                r#"dnat name: "n-1" id: "ab""#,
+                "-m",
+                "multiport",
+                "--dports",
+                "8080",
+                "-j",
+                "CNI-DN-0f1e"
+            ]
+        );
+        assert_eq!(
+            iptables_args(r#"-A X --comment """#),
+            ["-A", "X", "--comment", ""]
+        );
+    }
 }

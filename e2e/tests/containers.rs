@@ -5,9 +5,9 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use crius_e2e::daemon::{Daemon, Options};
+use crius_e2e::daemon::{free_port, Daemon, Options};
 use crius_e2e::network::TestNetwork;
-use crius_e2e::{pods, registry};
+use crius_e2e::{pods, registry, sweep};
 use k8s_cri::v1 as cri;
 use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
 use tonic::transport::Channel;
@@ -1170,4 +1170,109 @@ async fn stats_report_cpu_memory_writable_layer_and_pod_network() {
             .exists(),
         "pod cgroup {parent} left behind"
     );
+}
+
+/// The memory cgroup directory of process `pid` (cgroup v1 or v2).
+fn memory_cgroup(pid: i32) -> PathBuf {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
+    for line in text.lines() {
+        let mut parts = line.splitn(3, ':');
+        let (_, controllers, path) = (parts.next(), parts.next(), parts.next().unwrap_or(""));
+        match controllers {
+            Some("") => return Path::new("/sys/fs/cgroup").join(&path[1..]),
+            Some(c) if c.split(',').any(|c| c == "memory") => {
+                return Path::new("/sys/fs/cgroup/memory").join(&path[1..])
+            }
+            _ => {}
+        }
+    }
+    panic!("no memory cgroup for {pid}: {text}");
+}
+
+/// Processes running busybox `sleep <marker>`.
+fn sleepers(marker: &str) -> Vec<sweep::Process> {
+    sweep::processes(|args| args.len() == 2 && args[0].ends_with("sleep") && args[1] == marker)
+}
+
+/// Creates a pod (own PID namespace, so an infra process; a host port, so portmap nat rules)
+/// with a running `sleep <marker>`, then drops the daemon without stopping anything (killed
+/// first when `kill_first`) and checks that nothing of it is left on the host.
+async fn dropping_the_daemon_leaves_nothing(kill_first: bool, marker: &str) {
+    let env = Env::new().await;
+    let mut req = env.pod_config("left-running");
+    pods::namespaces(&mut req).pid = cri::NamespaceMode::Pod as i32;
+    pods::config(&mut req).port_mappings = vec![pods::tcp_port(free_port().into(), 80)];
+    let config = req.config.clone().unwrap();
+    let pod_id = env
+        .rt()
+        .await
+        .run_pod_sandbox(req)
+        .await
+        .unwrap()
+        .into_inner()
+        .pod_sandbox_id;
+    let mut ctr = env.ctr("sleeper", &["sleep", marker]);
+    ctr.linux
+        .as_mut()
+        .and_then(|l| l.security_context.as_mut())
+        .and_then(|s| s.namespace_options.as_mut())
+        .unwrap()
+        .pid = cri::NamespaceMode::Pod as i32;
+    env.run(&(pod_id, config), ctr).await;
+
+    let dir = env.d.dir().to_path_buf();
+    let runroot = env.d.paths.runroot.clone();
+    let net_name = env._net.name.clone();
+    let running = sleepers(marker);
+    assert_eq!(running.len(), 1, "the container is not running");
+    let cgroup = memory_cgroup(running[0].pid);
+    assert!(cgroup.exists(), "{}", cgroup.display());
+    let monitors = sweep::monitors(&runroot);
+    assert!(monitors.len() >= 2, "a monitor and an infra process");
+    assert!(!sweep::mount_points_under(&dir).is_empty());
+    let chains = env._net.nat_chains();
+    assert!(!chains.is_empty(), "portmap made no chain");
+
+    let Env {
+        mut d, _net: net, ..
+    } = env;
+    if kill_first {
+        d.kill9();
+    }
+    drop(d);
+    if !kill_first {
+        // A live daemon removed the pod itself: CNI DEL released the address and the port.
+        assert!(net.ip_files().is_empty(), "{:?}", net.ip_files());
+        assert_eq!(net.nat_rules(), 0);
+    }
+    drop(net);
+
+    let mounts = sweep::mount_points_under(&dir);
+    assert!(mounts.is_empty(), "{mounts:?}");
+    assert!(!dir.exists(), "{} not removed", dir.display());
+    let left: Vec<_> = sweep::monitors(&runroot)
+        .into_iter()
+        .map(|p| p.args)
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+    assert!(sleepers(marker).is_empty(), "the container still runs");
+    assert!(!cgroup.exists(), "{} left", cgroup.display());
+    let (_, nat) = crius_e2e::network::run("iptables", &["-t", "nat", "-S"]);
+    let rules: Vec<_> = nat
+        .lines()
+        .filter(|l| l.contains(&net_name) || chains.iter().any(|c| l.contains(c.as_str())))
+        .collect();
+    assert!(rules.is_empty(), "{rules:#?}");
+}
+
+#[tokio::test]
+async fn dropping_a_live_daemon_removes_its_pods_and_containers() {
+    let marker = format!("{}", 900_000_000 + std::process::id() * 2);
+    dropping_the_daemon_leaves_nothing(false, &marker).await;
+}
+
+#[tokio::test]
+async fn dropping_a_killed_daemon_sweeps_monitors_containers_mounts_and_nat_rules() {
+    let marker = format!("{}", 900_000_001 + std::process::id() * 2);
+    dropping_the_daemon_leaves_nothing(true, &marker).await;
 }

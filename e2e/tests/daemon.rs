@@ -3,9 +3,13 @@
 
 #![allow(clippy::unwrap_used)] // Tests fail by panicking.
 
-use std::time::Duration;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::time::{Duration, Instant};
 
 use crius_e2e::daemon::{metric_value, Daemon, Options};
+use crius_e2e::network::TestNetwork;
+use crius_e2e::pods;
 use k8s_cri::v1 as cri;
 
 const CONFLIST: &str = r#"{"cniVersion":"1.0.0","name":"e2e","plugins":[{"type":"loopback"}]}"#;
@@ -33,6 +37,35 @@ async fn version_names_crius_and_the_v1_api() {
     assert_eq!(v.runtime_version, env!("CARGO_PKG_VERSION"));
     assert_eq!(v.runtime_api_version, "v1");
     assert_eq!(v.version, "0.1.0");
+}
+
+#[test]
+fn crius_version_prints_the_runtime_name_and_version() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = tmp.path().join("crius.toml");
+    std::fs::write(&config, "").unwrap();
+    let out = std::process::Command::new(crius_e2e::daemon::crius_bin())
+        .arg("--config")
+        .arg(&config)
+        .arg("--config-dir")
+        .arg(tmp.path().join("none.d"))
+        .arg("version")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        stdout.trim(),
+        format!("crius {} (CRI v1)", env!("CARGO_PKG_VERSION"))
+    );
+    assert!(
+        std::fs::read_dir(tmp.path()).unwrap().count() == 1,
+        "`crius version` created files"
+    );
 }
 
 #[tokio::test]
@@ -218,6 +251,19 @@ async fn metrics_count_operations_errors_and_latency() {
         .run_pod_sandbox(cri::RunPodSandboxRequest::default())
         .await
         .unwrap_err();
+    let unimplemented =
+        "crius_operations_errors_total{code=\"Unimplemented\",operation=\"PortForward\"}";
+    assert_eq!(metric_value(&d.http_get("/metrics").1, unimplemented), None);
+    for _ in 0..2 {
+        let err = rt
+            .port_forward(cri::PortForwardRequest {
+                pod_sandbox_id: "p1".into(),
+                port: vec![80],
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), tonic::Code::Unimplemented);
+    }
 
     let (code, body) = d.http_get("/metrics");
     assert_eq!(code, 200);
@@ -236,8 +282,84 @@ async fn metrics_count_operations_errors_and_latency() {
         "crius_operations_errors_total{code=\"InvalidArgument\",operation=\"RunPodSandbox\"}",
     );
     assert_eq!(errors, Some(1.0), "{body}");
+    assert_eq!(metric_value(&body, unimplemented), Some(2.0), "{body}");
+    assert_eq!(
+        metric_value(&body, "crius_operations_total{operation=\"PortForward\"}"),
+        Some(2.0),
+        "{body}"
+    );
     assert_eq!(d.http_get("/healthz"), (200, "ok\n".to_string()));
     assert_eq!(d.http_get("/nope").0, 404);
+}
+
+/// The daemon's log as JSON objects; every line must be one.
+fn json_lines(log: &str) -> Vec<serde_json::Value> {
+    log.lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| {
+            serde_json::from_str(l).unwrap_or_else(|e| panic!("not a JSON log line ({e}): {l}"))
+        })
+        .collect()
+}
+
+/// The `rpc` span of the first event logged inside operation `op`.
+fn rpc_span<'a>(lines: &'a [serde_json::Value], op: &str) -> &'a serde_json::Value {
+    lines
+        .iter()
+        .filter_map(|l| l.get("span"))
+        .find(|s| s["name"] == "rpc" && s["op"] == op)
+        .unwrap_or_else(|| panic!("no rpc span for {op} in {lines:#?}"))
+}
+
+#[tokio::test]
+async fn json_logs_carry_the_rpc_span_with_the_operation_and_ids() {
+    let d = Daemon::start_with(Options {
+        args: vec!["--log-format".into(), "json".into()],
+        ..Options::default()
+    })
+    .await;
+    let mut rt = d.runtime().await;
+    rt.remove_pod_sandbox(cri::RemovePodSandboxRequest {
+        pod_sandbox_id: "pod-7f3a".into(),
+    })
+    .await
+    .unwrap();
+    let err = rt
+        .container_status(cri::ContainerStatusRequest {
+            container_id: "ctr-51c2".into(),
+            verbose: false,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::NotFound);
+    let _ = d
+        .image()
+        .await
+        .remove_image(cri::RemoveImageRequest {
+            image: Some(cri::ImageSpec {
+                image: "e2e.invalid/gone:9".into(),
+                ..Default::default()
+            }),
+        })
+        .await;
+
+    let lines = json_lines(&d.log());
+    assert!(
+        lines.iter().any(|l| l["message"] == "crius serving"),
+        "{lines:#?}"
+    );
+    let pod = rpc_span(&lines, "RemovePodSandbox");
+    assert_eq!(pod["pod_id"], "pod-7f3a", "{pod}");
+    let ctr = rpc_span(&lines, "ContainerStatus");
+    assert_eq!(ctr["container_id"], "ctr-51c2", "{ctr}");
+    let failed = lines
+        .iter()
+        .find(|l| l["message"] == "rpc failed" && l["span"]["op"] == "ContainerStatus")
+        .unwrap_or_else(|| panic!("{lines:#?}"));
+    assert_eq!(failed["code"], "NotFound", "{failed}");
+    assert_eq!(failed["level"], "WARN", "{failed}");
+    let image = rpc_span(&lines, "RemoveImage");
+    assert_eq!(image["image"], "e2e.invalid/gone:9", "{image}");
 }
 
 #[tokio::test]
@@ -295,6 +417,97 @@ async fn sigterm_exits_zero_quickly_and_removes_the_socket() {
     assert!(status.success(), "exit status {status}\n{}", d.log());
     assert!(took < Duration::from_secs(2), "took {took:?}");
     assert!(!d.paths.socket.exists());
+}
+
+/// A chained CNI plugin whose ADD touches `<dir>/started`, then holds until `<dir>/release`
+/// exists (at most 20 s): an RPC that stays in flight for as long as the test wants.
+fn gate_plugin(dir: &Path) -> String {
+    let script = format!(
+        "#!/bin/sh\nset -e\ninput=$(cat)\n\
+         if [ \"$CNI_COMMAND\" = ADD ]; then\n\
+           touch {dir}/started\n\
+           i=0\n\
+           while [ ! -e {dir}/release ] && [ $i -lt 400 ]; do sleep 0.05; i=$((i+1)); done\n\
+           printf '%s' \"$input\" | jq -c .prevResult\n\
+         fi\n",
+        dir = dir.display()
+    );
+    let path = dir.join("crius-gate");
+    std::fs::write(&path, script).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    r#"{"type":"crius-gate"}"#.to_string()
+}
+
+#[tokio::test]
+async fn sigterm_lets_an_in_flight_rpc_finish_and_refuses_new_connections() {
+    let net = TestNetwork::new();
+    let bin = tempfile::tempdir().unwrap();
+    let mut d = Daemon::start_with(Options {
+        drop_in: format!(
+            "[network]\nbin_dirs = [{:?}, \"/usr/lib/cni\"]\n",
+            bin.path()
+        ),
+        ..Options::default()
+    })
+    .await;
+    net.install(&d.paths.cni_conf_dir, &[&gate_plugin(bin.path())]);
+
+    let mut rt = d.runtime().await;
+    let in_flight = tokio::spawn(async move { rt.run_pod_sandbox(pods::pod("slow")).await });
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !bin.path().join("started").exists() {
+        assert!(
+            Instant::now() < deadline,
+            "RunPodSandbox never reached CNI ADD"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(!in_flight.is_finished());
+
+    d.signal(libc::SIGTERM);
+    let deadline = Instant::now() + Duration::from_secs(1);
+    while tokio::net::UnixStream::connect(&d.paths.socket)
+        .await
+        .is_ok()
+    {
+        assert!(
+            Instant::now() < deadline,
+            "new connections still accepted after SIGTERM"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert!(!in_flight.is_finished(), "the RPC ended before its CNI ADD");
+    std::fs::write(bin.path().join("release"), "").unwrap();
+
+    let id = in_flight
+        .await
+        .unwrap()
+        .expect("the in-flight RunPodSandbox failed")
+        .into_inner()
+        .pod_sandbox_id;
+    let status = d
+        .wait_exit(Duration::from_secs(5))
+        .expect("daemon did not exit after SIGTERM");
+    assert!(status.success(), "exit status {status}\n{}", d.log());
+    assert!(!d.paths.socket.exists());
+    assert!(!d.log().contains("grace period over"), "{}", d.log());
+
+    // The pod the drained RPC created is real: the next daemon has it, and removes it.
+    d.restart().await;
+    let mut rt = d.runtime().await;
+    let pods = rt
+        .list_pod_sandbox(cri::ListPodSandboxRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .items;
+    assert_eq!(pods.len(), 1, "{pods:?}");
+    assert_eq!(pods[0].id, id);
+    assert_eq!(pods[0].state, cri::PodSandboxState::SandboxReady as i32);
+    rt.remove_pod_sandbox(cri::RemovePodSandboxRequest { pod_sandbox_id: id })
+        .await
+        .unwrap();
+    assert!(net.ip_files().is_empty(), "{:?}", net.ip_files());
 }
 
 #[tokio::test]

@@ -253,11 +253,11 @@ async fn bench_pull() {
     let mb = compressed as f64 / 1e6;
 
     let mut daemon = crius_e2e::daemon::Daemon::start_with(crius_e2e::daemon::Options {
-        drop_in: String::new(),
         extra_config: format!(
             "[image.registries.\"{}\"]\ninsecure = true\n",
             registry.addr()
         ),
+        ..Default::default()
     })
     .await;
     let pid = daemon.pid().unwrap();
@@ -355,7 +355,7 @@ async fn bench_containers() {
             "[image.registries.\"{}\"]\ninsecure = true\n",
             fx.registry_addr()
         ),
-        drop_in: String::new(),
+        ..Default::default()
     })
     .await;
     net.install(&d.paths.cni_conf_dir, &[]);
