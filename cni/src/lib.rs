@@ -8,11 +8,13 @@
 //!
 //! Everything is blocking (callers use `spawn_blocking`); there is no async runtime here. Must
 //! not know about CRI types or the daemon's state store: callers pass plain values in. Raw
-//! syscalls live only in the private `sys` module.
+//! syscalls live only in the private `sys` module; rtnetlink requests in the private `netlink`
+//! module.
 
 mod cache;
 pub mod config;
 pub mod exec;
+mod netlink;
 pub mod ns;
 mod process;
 pub mod result;

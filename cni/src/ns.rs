@@ -15,7 +15,7 @@ use std::net::IpAddr;
 use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 
-use crate::sys;
+use crate::{netlink, sys};
 
 /// A kind of namespace that can be pinned.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -283,14 +283,16 @@ fn run_on_fresh_thread<T: Send>(path: &Path, f: impl FnOnce() -> T + Send) -> Re
     })
 }
 
-/// Brings up the loopback interface inside the network namespace at `netns`.
+/// Brings up the loopback interface inside the network namespace at `netns` (rtnetlink, from a
+/// thread that joined it).
 pub fn loopback_up(netns: &Path) -> Result<(), NsError> {
-    in_netns(netns, || sys::set_link_up("lo"))?.map_err(NsError::io("bring up lo in", netns))
+    in_netns(netns, || netlink::set_link_up("lo"))?.map_err(NsError::io("bring up lo in", netns))
 }
 
-/// The IPv4/IPv6 addresses of `ifname` inside the network namespace at `netns` (kernel order).
+/// The IPv4/IPv6 addresses of `ifname` inside the network namespace at `netns` (kernel order;
+/// empty when there is no such interface), read with an rtnetlink dump from a thread inside it.
 pub fn interface_addrs(netns: &Path, ifname: &str) -> Result<Vec<IpAddr>, NsError> {
-    in_netns(netns, || sys::interface_addrs(ifname))?
+    in_netns(netns, || netlink::interface_addrs(ifname))?
         .map_err(NsError::io("list interface addresses in", netns))
 }
 

@@ -1,14 +1,12 @@
-//! The crate's only raw syscalls: namespaces, mounts, hostname, link flags, interface addresses
-//! and process-group kill, each behind a safe function taking owned/borrowed Rust values.
+//! The crate's only raw syscalls: namespaces, mounts, hostname and process-group kill, each behind a safe function taking owned/borrowed Rust values.
 //!
 //! Owns nothing but the FFI boundary. Must not hold policy (which namespace, which thread, when to
 //! clean up): that lives in `ns.rs` and `exec.rs`. Every `unsafe` block carries a `// SAFETY:`.
 #![allow(unsafe_code)]
 
-use std::ffi::{CStr, CString};
+use std::ffi::CString;
 use std::io;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
-use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, BorrowedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
@@ -68,86 +66,6 @@ pub(crate) fn umount_detach(path: &Path) -> io::Result<()> {
     let path = cpath(path)?;
     // SAFETY: `path` is a NUL-terminated C string valid for the call.
     check(unsafe { libc::umount2(path.as_ptr(), libc::MNT_DETACH) })
-}
-
-fn ifreq_for(ifname: &str) -> io::Result<libc::ifreq> {
-    let name = ifname.as_bytes();
-    if name.is_empty() || name.len() >= libc::IFNAMSIZ || name.contains(&0) {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            format!("invalid interface name {ifname:?}"),
-        ));
-    }
-    // SAFETY: ifreq is a plain C struct/union for which all-zero bytes is a valid value.
-    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
-    for (dst, src) in req.ifr_name.iter_mut().zip(name) {
-        *dst = *src as libc::c_char;
-    }
-    Ok(req)
-}
-
-/// Sets `IFF_UP` on `ifname` in the calling thread's network namespace.
-pub(crate) fn set_link_up(ifname: &str) -> io::Result<()> {
-    let mut req = ifreq_for(ifname)?;
-    // SAFETY: socket takes plain integers; the result is checked before use.
-    let raw = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
-    if raw < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: `raw` is a fresh descriptor we own exclusively; OwnedFd closes it once.
-    let sock = unsafe { OwnedFd::from_raw_fd(raw) };
-    // SAFETY: SIOCGIFFLAGS reads/writes an ifreq, and `req` is a valid, exclusively borrowed one.
-    check(unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFFLAGS, &mut req) })?;
-    // SAFETY: after SIOCGIFFLAGS the `ifru_flags` member of the union is the initialised one.
-    let flags = unsafe { req.ifr_ifru.ifru_flags };
-    if flags & libc::IFF_UP as libc::c_short != 0 {
-        return Ok(());
-    }
-    req.ifr_ifru.ifru_flags = flags | libc::IFF_UP as libc::c_short;
-    // SAFETY: SIOCSIFFLAGS reads an ifreq; `req` is valid and its name/flags are set.
-    check(unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFFLAGS, &mut req) })
-}
-
-/// The IPv4 and IPv6 addresses of `ifname` in the calling thread's network namespace.
-pub(crate) fn interface_addrs(ifname: &str) -> io::Result<Vec<IpAddr>> {
-    let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
-    // SAFETY: getifaddrs writes a list head into `head`, which we free below with freeifaddrs.
-    check(unsafe { libc::getifaddrs(&mut head) })?;
-    let mut out = Vec::new();
-    let mut cur = head;
-    while !cur.is_null() {
-        // SAFETY: `cur` is a non-null node of the list returned by getifaddrs, not yet freed.
-        let ifa = unsafe { &*cur };
-        cur = ifa.ifa_next;
-        if ifa.ifa_name.is_null() || ifa.ifa_addr.is_null() {
-            continue;
-        }
-        // SAFETY: ifa_name is a non-null NUL-terminated string owned by the list.
-        let name = unsafe { CStr::from_ptr(ifa.ifa_name) };
-        if name.to_bytes() != ifname.as_bytes() {
-            continue;
-        }
-        // SAFETY: ifa_addr is non-null and points to at least a sockaddr header.
-        let family = libc::c_int::from(unsafe { (*ifa.ifa_addr).sa_family });
-        match family {
-            libc::AF_INET => {
-                // SAFETY: the family says the storage behind ifa_addr is a sockaddr_in.
-                let sin = unsafe { &*ifa.ifa_addr.cast::<libc::sockaddr_in>() };
-                out.push(IpAddr::V4(Ipv4Addr::from(
-                    sin.sin_addr.s_addr.to_ne_bytes(),
-                )));
-            }
-            libc::AF_INET6 => {
-                // SAFETY: the family says the storage behind ifa_addr is a sockaddr_in6.
-                let sin6 = unsafe { &*ifa.ifa_addr.cast::<libc::sockaddr_in6>() };
-                out.push(IpAddr::V6(Ipv6Addr::from(sin6.sin6_addr.s6_addr)));
-            }
-            _ => {}
-        }
-    }
-    // SAFETY: `head` came from a successful getifaddrs and no reference into it outlives this.
-    unsafe { libc::freeifaddrs(head) };
-    Ok(out)
 }
 
 /// Sends SIGKILL to every process of the process group `pgid`.

@@ -115,3 +115,54 @@ fn pinned_net_only_leaves_no_other_files() {
     remove_pinned(&dir).unwrap();
     assert!(!dir.join("net").exists());
 }
+
+#[test]
+fn addresses_are_filtered_by_interface_and_report_the_local_side() {
+    if !is_root() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("ns");
+    let _guard = NsGuard(dir.clone());
+    let pinned = create_pinned(&[NsKind::Net], &dir, None).unwrap();
+    let net = pinned.net().unwrap();
+    let ip = |args: &[&str]| {
+        let mut argv = vec![format!("--net={}", net.display()), "ip".to_string()];
+        argv.extend(args.iter().map(|a| a.to_string()));
+        let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
+        must("nsenter", &argv)
+    };
+    // Two links in the pod's netns (they vanish with it): one plain address each, the second a
+    // point-to-point one whose IFA_ADDRESS is the peer.
+    ip(&["link", "add", "a0", "type", "veth", "peer", "name", "b0"]);
+    ip(&["addr", "add", "10.251.0.1/24", "dev", "a0"]);
+    ip(&["addr", "add", "10.251.0.9/24", "dev", "a0"]);
+    ip(&[
+        "addr",
+        "add",
+        "10.252.0.2",
+        "peer",
+        "10.252.0.3",
+        "dev",
+        "b0",
+    ]);
+
+    let a0 = interface_addrs(&net, "a0").unwrap();
+    assert_eq!(
+        a0,
+        vec![
+            "10.251.0.1".parse::<std::net::IpAddr>().unwrap(),
+            "10.251.0.9".parse().unwrap()
+        ]
+    );
+    let b0 = interface_addrs(&net, "b0").unwrap();
+    assert_eq!(b0, vec!["10.252.0.2".parse::<std::net::IpAddr>().unwrap()]);
+    // lo is down and was never given an address here: the others' addresses are not reported.
+    let lo = interface_addrs(&net, "lo").unwrap();
+    assert!(
+        lo.iter().all(|a| !a.to_string().starts_with("10.25")),
+        "{lo:?}"
+    );
+    assert!(interface_addrs(&net, "nosuch0").unwrap().is_empty());
+    pinned.remove().unwrap();
+}

@@ -1,7 +1,10 @@
 //! The e2e harness, reused by every capability's tests: the real daemon under test
 //! ([`daemon`]), reproducible test images ([`fixtures`]) and a loopback registry serving them
-//! ([`registry`]), a private CNI network per test ([`network`]) and CRI pod builders ([`pods`]). Tests live in `e2e/tests/`, one file per capability; they run as root.
+//! ([`registry`]), a private CNI network per test ([`network`]), a private cgroup parent
+//! ([`cgroups`]) and CRI pod builders ([`pods`]). Tests live in `e2e/tests/`, one file per
+//! capability; they run as root.
 
+pub mod cgroups;
 pub mod daemon;
 pub mod fixtures;
 pub mod network;

@@ -33,6 +33,9 @@ pub struct TestNetwork {
     pub prefix: String,
     /// host-local's data dir (its IP files live in `data_dir/<name>`).
     pub data_dir: PathBuf,
+    /// The IPv6 `/64` of a dual-stack network (`fdXX:…::/64`, unique local), if asked for.
+    pub ipv6_subnet: Option<String>,
+    n: u32,
     _tmp: tempfile::TempDir,
 }
 
@@ -49,19 +52,38 @@ impl TestNetwork {
             bridge: format!("cre{}x{n}", pid % 100_000),
             prefix: format!("10.{}.{}", 150 + pid % 50, n % 256),
             data_dir: tmp.path().to_path_buf(),
+            ipv6_subnet: None,
+            n,
             _tmp: tmp,
         }
+    }
+
+    /// A dual-stack network: host-local also hands out an address from a unique-local IPv6
+    /// `/64` (a second range set), so pods get an additional IP. Still no route off the bridge.
+    pub fn dual_stack() -> TestNetwork {
+        let mut net = TestNetwork::new();
+        let n = net.n;
+        net.ipv6_subnet = Some(format!(
+            "fd9e:{:x}:{:x}::/64",
+            std::process::id() % 0xffff,
+            n % 0xffff
+        ));
+        net
     }
 
     /// The conflist: bridge (gateway, no masquerade) + host-local (no routes) + portmap +
     /// `extra` plugins (JSON objects) appended.
     pub fn conflist(&self, extra: &[&str]) -> String {
+        let mut ranges = format!(r#"[{{"subnet":"{}.0/24"}}]"#, self.prefix);
+        if let Some(v6) = &self.ipv6_subnet {
+            ranges.push_str(&format!(r#",[{{"subnet":"{v6}"}}]"#));
+        }
         let mut plugins = vec![
             format!(
                 r#"{{"type":"bridge","bridge":"{}","isGateway":true,"ipMasq":false,"hairpinMode":true,
-                "ipam":{{"type":"host-local","ranges":[[{{"subnet":"{}.0/24"}}]],"dataDir":"{}"}}}}"#,
+                "ipam":{{"type":"host-local","ranges":[{}],"dataDir":"{}"}}}}"#,
                 self.bridge,
-                self.prefix,
+                ranges,
                 self.data_dir.display()
             ),
             r#"{"type":"portmap","capabilities":{"portMappings":true}}"#.to_string(),

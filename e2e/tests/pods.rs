@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use crius_e2e::cgroups::{TestCgroup, ROOT as CGROUP_ROOT};
 use crius_e2e::daemon::{free_port, metric_value, Daemon, Options};
 use crius_e2e::network::{mounts_under, run, TestNetwork};
 use crius_e2e::pods;
@@ -589,4 +590,501 @@ async fn pod_pid_namespace_runs_an_infra_pid1_that_stop_kills() {
         .map(|s| s.contains(") Z "))
         .unwrap_or(true);
     assert!(gone, "infra process {pid} still running");
+}
+
+/// A chained plugin that records what the daemon sends it: per call, the command in
+/// `<dir>/calls`, the environment as JSON in `<dir>/<CMD>.env.json` and stdin in
+/// `<dir>/<CMD>.stdin.json`. ADD prints the `prevResult` back with a DNS nameserver added, so
+/// the test can tell that the daemon keeps the last plugin's result.
+fn recording_plugin(dir: &Path) -> String {
+    let script = format!(
+        "#!/bin/sh\nset -e\ninput=$(cat)\n\
+         echo \"$CNI_COMMAND\" >> {dir}/calls\n\
+         jq -n env > {dir}/$CNI_COMMAND.env.json\n\
+         printf '%s' \"$input\" > {dir}/$CNI_COMMAND.stdin.json\n\
+         case \"$CNI_COMMAND\" in\n\
+           ADD) printf '%s' \"$input\" | jq -c '.prevResult | .dns = {{\"nameservers\": [\"10.96.0.99\"]}}' ;;\n\
+           VERSION) echo '{{\"cniVersion\":\"1.0.0\",\"supportedVersions\":[\"0.4.0\",\"1.0.0\"]}}' ;;\n\
+         esac\n",
+        dir = dir.display()
+    );
+    let path = dir.join("crius-record");
+    std::fs::write(&path, script).unwrap();
+    run("chmod", &["755", path.to_str().unwrap()]);
+    r#"{"type":"crius-record","capabilities":{"portMappings":true,"dns":true,"cgroupPath":true}}"#
+        .to_string()
+}
+
+fn read_json(path: &Path) -> serde_json::Value {
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}: {text}", path.display()))
+}
+
+/// `K=V;K=V` → pairs in order.
+fn cni_args(env: &serde_json::Value) -> Vec<(String, String)> {
+    env["CNI_ARGS"]
+        .as_str()
+        .expect("CNI_ARGS set")
+        .split(';')
+        .map(|kv| {
+            let (k, v) = kv.split_once('=').expect("K=V");
+            (k.to_string(), v.to_string())
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn cni_plugins_get_pod_args_capabilities_and_the_chained_result() {
+    let net = TestNetwork::new();
+    let bin = tempfile::tempdir().unwrap();
+    let options = Options {
+        drop_in: format!(
+            "[network]\nbin_dirs = [{:?}, \"/usr/lib/cni\"]\n",
+            bin.path()
+        ),
+        ..Options::default()
+    };
+    let d = Daemon::start_with(options).await;
+    let plugin = recording_plugin(bin.path());
+    net.install(&d.paths.cni_conf_dir, &[&plugin]);
+    let cgroup = TestCgroup::new("cni");
+    let mut rt = d.runtime().await;
+
+    let (tcp_port, udp_port) = (free_port(), free_port());
+    let mut req = pods::pod("recorded");
+    let cfg = pods::config(&mut req);
+    cfg.metadata.as_mut().unwrap().uid = "6f1c0c1e-uid".into();
+    cfg.dns_config = Some(cri::DnsConfig {
+        servers: vec!["10.96.0.10".into(), "10.96.0.11".into()],
+        searches: vec!["ns.svc.cluster.local".into(), "svc.cluster.local".into()],
+        options: vec!["ndots:5".into(), "edns0".into()],
+    });
+    cfg.port_mappings = vec![
+        cri::PortMapping {
+            protocol: cri::Protocol::Tcp as i32,
+            container_port: 8080,
+            host_port: i32::from(tcp_port),
+            host_ip: "127.0.0.1".into(),
+        },
+        cri::PortMapping {
+            protocol: cri::Protocol::Udp as i32,
+            container_port: 53,
+            host_port: i32::from(udp_port),
+            host_ip: String::new(),
+        },
+        // No host port: kubelet sends these for containerPort-only declarations; not for CNI.
+        pods::tcp_port(0, 9090),
+    ];
+    pods::linux(&mut req).cgroup_parent = cgroup.child("podrec");
+    let id = run_pod(&mut rt, req).await.unwrap();
+    let (st, info) = status(&mut rt, &id).await;
+    let netns = netns_of(&info);
+    assert_eq!(
+        std::fs::read_to_string(bin.path().join("calls")).unwrap(),
+        "ADD\n"
+    );
+
+    // The environment: CNI_ARGS in kubelet's order, the pod id as container id, the pinned netns.
+    let add_env = read_json(&bin.path().join("ADD.env.json"));
+    assert_eq!(
+        cni_args(&add_env),
+        [
+            ("IgnoreUnknown", "1"),
+            ("K8S_POD_NAMESPACE", "e2e"),
+            ("K8S_POD_NAME", "recorded"),
+            ("K8S_POD_INFRA_CONTAINER_ID", id.as_str()),
+            ("K8S_POD_UID", "6f1c0c1e-uid"),
+        ]
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+    );
+    assert_eq!(add_env["CNI_COMMAND"], "ADD");
+    assert_eq!(add_env["CNI_CONTAINERID"], id.as_str());
+    assert_eq!(add_env["CNI_NETNS"], netns.to_str().unwrap());
+    assert_eq!(add_env["CNI_IFNAME"], "eth0");
+    assert!(
+        add_env["CNI_PATH"]
+            .as_str()
+            .unwrap()
+            .contains(bin.path().to_str().unwrap()),
+        "{add_env}"
+    );
+
+    // stdin: the network's name and version, the declared capabilities as runtimeConfig.
+    let add_in = read_json(&bin.path().join("ADD.stdin.json"));
+    assert_eq!(add_in["name"], net.name.as_str());
+    assert_eq!(add_in["cniVersion"], "1.0.0");
+    assert_eq!(add_in["type"], "crius-record");
+    let expected_runtime = serde_json::json!({
+        "portMappings": [
+            {"hostPort": tcp_port, "containerPort": 8080, "protocol": "tcp", "hostIP": "127.0.0.1"},
+            {"hostPort": udp_port, "containerPort": 53, "protocol": "udp"},
+        ],
+        "dns": {
+            "servers": ["10.96.0.10", "10.96.0.11"],
+            "searches": ["ns.svc.cluster.local", "svc.cluster.local"],
+            "options": ["ndots:5", "edns0"],
+        },
+        "cgroupPath": cgroup.child("podrec"),
+    });
+    assert_eq!(add_in["runtimeConfig"], expected_runtime);
+
+    // prevResult: what bridge/host-local (through portmap) produced, i.e. the pod's address.
+    let pod_ip = st.network.unwrap().ip;
+    let prev = &add_in["prevResult"];
+    assert_eq!(prev["cniVersion"], "1.0.0", "{prev}");
+    assert_eq!(
+        prev["ips"][0]["address"],
+        format!("{pod_ip}/24").as_str(),
+        "{prev}"
+    );
+    assert!(
+        prev["interfaces"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|i| i["name"] == net.bridge.as_str()),
+        "{prev}"
+    );
+    // The last plugin's result is the pod's result.
+    assert_eq!(
+        info["cniResult"]["dns"]["nameservers"],
+        serde_json::json!(["10.96.0.99"]),
+        "{info}"
+    );
+    // portmap (before us in the chain) got the same mappings: its DNAT rules name the ports.
+    let (_, nat) = run("iptables", &["-t", "nat", "-S"]);
+    assert!(nat.contains(&format!("--dport {tcp_port}")), "{nat}");
+
+    // Stop: DEL with the same arguments, the cached result as prevResult.
+    rt.stop_pod_sandbox(cri::StopPodSandboxRequest {
+        pod_sandbox_id: id.clone(),
+    })
+    .await
+    .unwrap();
+    let calls = std::fs::read_to_string(bin.path().join("calls")).unwrap();
+    assert_eq!(calls.lines().collect::<Vec<_>>()[..2], ["ADD", "DEL"]);
+    let del_env = read_json(&bin.path().join("DEL.env.json"));
+    assert_eq!(del_env["CNI_COMMAND"], "DEL");
+    for key in ["CNI_ARGS", "CNI_CONTAINERID", "CNI_NETNS", "CNI_IFNAME"] {
+        assert_eq!(del_env[key], add_env[key], "{key}");
+    }
+    let del_in = read_json(&bin.path().join("DEL.stdin.json"));
+    assert_eq!(del_in["runtimeConfig"], expected_runtime);
+    assert_eq!(del_in["prevResult"]["ips"], prev["ips"]);
+    assert_eq!(
+        del_in["prevResult"]["dns"]["nameservers"][0], "10.96.0.99",
+        "{del_in}"
+    );
+    assert!(net.ip_files().is_empty());
+    assert_eq!(net.nat_rules(), 0, "portmap rules left");
+    stop_and_remove(&mut rt, &id).await;
+
+    // A pod without ports, DNS config or cgroup parent: no runtimeConfig at all.
+    let bare = run_pod(&mut rt, pods::pod("bare")).await.unwrap();
+    let add_in = read_json(&bin.path().join("ADD.stdin.json"));
+    assert!(add_in.get("runtimeConfig").is_none(), "{add_in}");
+    let add_env = read_json(&bin.path().join("ADD.env.json"));
+    assert_eq!(add_env["CNI_CONTAINERID"], bare.as_str());
+    assert!(cni_args(&add_env).contains(&("K8S_POD_NAME".to_string(), "bare".to_string())));
+    stop_and_remove(&mut rt, &bare).await;
+}
+
+/// `(state, ppid, comm)` of every process whose parent is `parent`.
+fn children_of(parent: u32) -> Vec<(char, u32, String)> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        // pid (comm) state ppid ...: comm may hold spaces, so split after the last ')'.
+        let Some((head, rest)) = stat.rsplit_once(')') else {
+            continue;
+        };
+        let comm = head
+            .split_once('(')
+            .map(|(_, c)| c)
+            .unwrap_or("")
+            .to_string();
+        let mut fields = rest.split_whitespace();
+        let state = fields.next().and_then(|s| s.chars().next()).unwrap_or('?');
+        let ppid: u32 = fields.next().and_then(|p| p.parse().ok()).unwrap_or(0);
+        if ppid == parent {
+            out.push((state, pid, comm));
+        }
+    }
+    out
+}
+
+#[tokio::test]
+async fn infra_pid1_reaps_orphans_of_the_pod_pid_namespace() {
+    let net = TestNetwork::new();
+    let d = start(&net, Options::default()).await;
+    let mut rt = d.runtime().await;
+    let mut req = pods::pod("reaper");
+    pods::namespaces(&mut req).pid = cri::NamespaceMode::Pod as i32;
+    let id = run_pod(&mut rt, req).await.unwrap();
+    let (_, info) = status(&mut rt, &id).await;
+    let infra = info["infraPid"].as_u64().expect("infra pid") as u32;
+    assert!(children_of(infra).is_empty(), "{:?}", children_of(infra));
+
+    // Three orphans in the pod's PID namespace: each subshell exits at once, so its sleep is
+    // reparented to the namespace's PID 1 (the infra process), which must reap it on exit.
+    let out = Command::new("nsenter")
+        .args(["--target", &infra.to_string(), "--pid", "sh", "-c"]) // nsenter forks for --pid
+        // The sleeps must not hold our output pipes, or `output()` would wait for them.
+        .arg("for i in 1 2 3; do (sleep 1 </dev/null >/dev/null 2>&1 &); done")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let adopted = children_of(infra);
+    assert_eq!(
+        adopted.iter().filter(|(_, _, c)| c == "sleep").count(),
+        3,
+        "orphans not reparented to the infra process: {adopted:?}"
+    );
+
+    // After they exit (1 s) and a grace period, no child of PID 1 is left, zombie or not.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut left = children_of(infra);
+    while !left.is_empty() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+        left = children_of(infra);
+    }
+    assert!(left.is_empty(), "infra {infra} did not reap: {left:?}");
+    // And it is still alive to reap the next ones.
+    let stat = std::fs::read_to_string(format!("/proc/{infra}/stat")).unwrap();
+    assert!(!stat.contains(") Z "), "{stat}");
+    stop_and_remove(&mut rt, &id).await;
+}
+
+fn read_trim(path: &Path) -> String {
+    std::fs::read_to_string(path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .trim()
+        .to_string()
+}
+
+#[tokio::test]
+async fn pod_cgroup_parent_is_created_limited_and_removed() {
+    let net = TestNetwork::new();
+    let d = start(&net, Options::default()).await;
+    let mut rt = d.runtime().await;
+    let cgroup = TestCgroup::new("res");
+    let pod_cgroup = cgroup.child("pod-cg");
+    let hierarchies = TestCgroup::hierarchies();
+    let names: Vec<String> = hierarchies
+        .iter()
+        .map(|h| h.file_name().unwrap().to_string_lossy().into_owned())
+        .collect();
+    for wanted in ["memory", "cpu", "cpuset", "pids"] {
+        assert!(names.iter().any(|n| n == wanted), "{names:?}");
+    }
+    // The top level already exists in the memory hierarchy: that one is not crius's to remove.
+    let memory = Path::new(CGROUP_ROOT).join("memory");
+    std::fs::create_dir(TestCgroup::dir(&memory, &cgroup.path)).unwrap();
+
+    let mut req = pods::pod("limited");
+    let linux = pods::linux(&mut req);
+    linux.cgroup_parent = pod_cgroup.clone();
+    linux.resources = Some(cri::LinuxContainerResources {
+        memory_limit_in_bytes: 64 << 20,
+        cpu_shares: 512,
+        cpu_period: 100_000,
+        cpu_quota: 50_000,
+        ..Default::default()
+    });
+    linux.overhead = Some(cri::LinuxContainerResources {
+        memory_limit_in_bytes: 16 << 20,
+        cpu_shares: 100,
+        cpu_quota: 10_000,
+        ..Default::default()
+    });
+    let id = run_pod(&mut rt, req).await.unwrap();
+    let (_, info) = status(&mut rt, &id).await;
+    assert_eq!(info["cgroupParent"], pod_cgroup.as_str());
+
+    // The cgroup exists in every hierarchy, limits = resources + overhead where the
+    // controller lives.
+    for h in &hierarchies {
+        let dir = TestCgroup::dir(h, &pod_cgroup);
+        assert!(dir.is_dir(), "{} missing", dir.display());
+    }
+    let mem_dir = TestCgroup::dir(&memory, &pod_cgroup);
+    assert_eq!(
+        read_trim(&mem_dir.join("memory.limit_in_bytes")),
+        (80u64 << 20).to_string()
+    );
+    let cpu_dir = TestCgroup::dir(&Path::new(CGROUP_ROOT).join("cpu"), &pod_cgroup);
+    assert_eq!(read_trim(&cpu_dir.join("cpu.shares")), "612");
+    assert_eq!(read_trim(&cpu_dir.join("cpu.cfs_period_us")), "100000");
+    assert_eq!(read_trim(&cpu_dir.join("cpu.cfs_quota_us")), "60000");
+    let cpuset_dir = TestCgroup::dir(&Path::new(CGROUP_ROOT).join("cpuset"), &pod_cgroup);
+    assert!(
+        !read_trim(&cpuset_dir.join("cpuset.cpus")).is_empty(),
+        "cpuset not initialised from its parent"
+    );
+
+    // Stop keeps the cgroup (containers may still be cleaned up into it); Remove takes away
+    // exactly what crius created.
+    rt.stop_pod_sandbox(cri::StopPodSandboxRequest {
+        pod_sandbox_id: id.clone(),
+    })
+    .await
+    .unwrap();
+    assert!(mem_dir.is_dir());
+    stop_and_remove(&mut rt, &id).await;
+    for h in &hierarchies {
+        let dir = TestCgroup::dir(h, &pod_cgroup);
+        assert!(!dir.exists(), "{} left", dir.display());
+        let top = TestCgroup::dir(h, &cgroup.path);
+        if h == &memory {
+            assert!(top.is_dir(), "pre-existing {} removed", top.display());
+        } else {
+            assert!(!top.exists(), "{} left", top.display());
+        }
+    }
+}
+
+#[tokio::test]
+async fn status_returns_labels_annotations_and_every_ip_and_list_selects_by_labels() {
+    let net = TestNetwork::dual_stack();
+    let d = start(&net, Options::default()).await;
+    let mut rt = d.runtime().await;
+
+    let labels = |app: &str, tier: &str| -> std::collections::HashMap<String, String> {
+        [
+            ("app".to_string(), app.to_string()),
+            ("tier".to_string(), tier.to_string()),
+            ("io.kubernetes.pod.namespace".to_string(), "e2e".to_string()),
+        ]
+        .into()
+    };
+    let annotations: std::collections::HashMap<String, String> = [
+        ("kubernetes.io/config.source".to_string(), "api".to_string()),
+        (
+            "example.com/json".to_string(),
+            r#"{"a": [1, 2], "b": "x;y=z"}"#.to_string(),
+        ),
+        ("empty".to_string(), String::new()),
+    ]
+    .into();
+    let mut a = pods::pod("front");
+    pods::config(&mut a).labels = labels("shop", "web");
+    pods::config(&mut a).annotations = annotations.clone();
+    let mut b = pods::pod("back");
+    pods::config(&mut b).labels = labels("shop", "db");
+    let mut c = pods::pod("other");
+    pods::config(&mut c).labels = labels("blog", "web");
+    let a_id = run_pod(&mut rt, a).await.unwrap();
+    let b_id = run_pod(&mut rt, b).await.unwrap();
+    let c_id = run_pod(&mut rt, c).await.unwrap();
+
+    let (st, info) = status(&mut rt, &a_id).await;
+    assert_eq!(st.labels, labels("shop", "web"));
+    assert_eq!(st.annotations, annotations);
+    // Dual stack: the IPv4 address first, the IPv6 one as an additional IP, both from host-local.
+    let network = st.network.unwrap();
+    let v6_net: std::net::Ipv6Addr = net
+        .ipv6_subnet
+        .as_deref()
+        .unwrap()
+        .trim_end_matches("/64")
+        .parse()
+        .unwrap();
+    assert!(
+        network.ip.starts_with(&format!("{}.", net.prefix)),
+        "{network:?}"
+    );
+    let extra: Vec<&str> = network
+        .additional_ips
+        .iter()
+        .map(|p| p.ip.as_str())
+        .collect();
+    assert_eq!(extra.len(), 1, "{network:?} {info}");
+    let v6: std::net::Ipv6Addr = extra[0].parse().unwrap();
+    assert_eq!(v6.segments()[..4], v6_net.segments()[..4], "{extra:?}");
+    let held = net.ip_files();
+    assert!(
+        held.contains(&network.ip) && held.contains(&extra[0].to_string()),
+        "{held:?}"
+    );
+    // ListPodSandbox carries the same labels and annotations.
+    let listed = rt
+        .list_pod_sandbox(cri::ListPodSandboxRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .items;
+    let a_item = listed.iter().find(|p| p.id == a_id).unwrap();
+    assert_eq!(a_item.labels, labels("shop", "web"));
+    assert_eq!(a_item.annotations, annotations);
+
+    // Label selectors: every pair must match; a missing key or another value excludes the pod.
+    let select = |pairs: &[(&str, &str)]| cri::ListPodSandboxRequest {
+        filter: Some(cri::PodSandboxFilter {
+            label_selector: pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            ..Default::default()
+        }),
+    };
+    type Selector<'a> = Vec<(&'a str, &'a str)>;
+    let cases: Vec<(Selector, Vec<&String>)> = vec![
+        (vec![("app", "shop")], vec![&a_id, &b_id]),
+        (vec![("tier", "web")], vec![&a_id, &c_id]),
+        (vec![("app", "shop"), ("tier", "web")], vec![&a_id]),
+        (vec![("app", "shop"), ("tier", "cache")], vec![]),
+        (vec![("app", "shop"), ("missing", "")], vec![]),
+        (
+            vec![("io.kubernetes.pod.namespace", "e2e")],
+            vec![&a_id, &b_id, &c_id],
+        ),
+    ];
+    for (pairs, want) in cases {
+        let mut got: Vec<String> = rt
+            .list_pod_sandbox(select(&pairs))
+            .await
+            .unwrap()
+            .into_inner()
+            .items
+            .into_iter()
+            .map(|p| p.id)
+            .collect();
+        got.sort();
+        let mut want: Vec<String> = want.into_iter().cloned().collect();
+        want.sort();
+        assert_eq!(got, want, "selector {pairs:?}");
+    }
+    // Combined with the state filter.
+    rt.stop_pod_sandbox(cri::StopPodSandboxRequest {
+        pod_sandbox_id: b_id.clone(),
+    })
+    .await
+    .unwrap();
+    let ready_shop = rt
+        .list_pod_sandbox(cri::ListPodSandboxRequest {
+            filter: Some(cri::PodSandboxFilter {
+                label_selector: [("app".to_string(), "shop".to_string())].into(),
+                state: Some(cri::PodSandboxStateValue {
+                    state: cri::PodSandboxState::SandboxReady as i32,
+                }),
+                ..Default::default()
+            }),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .items;
+    assert_eq!(
+        ready_shop.iter().map(|p| &p.id).collect::<Vec<_>>(),
+        vec![&a_id]
+    );
+    for id in [&a_id, &b_id, &c_id] {
+        stop_and_remove(&mut rt, id).await;
+    }
+    assert!(net.ip_files().is_empty(), "{:?}", net.ip_files());
 }
