@@ -20,6 +20,7 @@ use tokio_stream::wrappers::UnixListenerStream;
 use crate::config::{Config, Sources};
 use crate::container::{Containers, Settings as ContainerSettings};
 use crate::error::{Error, Result};
+use crate::events::Events;
 use crate::image::registry::Credentials;
 use crate::image::Images;
 use crate::metrics::Metrics;
@@ -67,6 +68,8 @@ pub struct Daemon {
     sources: Option<Sources>,
     state: OnceLock<State>,
     ready: AtomicBool,
+    /// Lifecycle events for `GetContainerEvents`; subscribers may come before the restore.
+    pub events: Arc<Events>,
 }
 
 impl Daemon {
@@ -77,6 +80,7 @@ impl Daemon {
             sources,
             state: OnceLock::new(),
             ready: AtomicBool::new(false),
+            events: Events::new(),
         })
     }
 
@@ -144,6 +148,7 @@ impl Daemon {
         let image_config = self.config.image.clone();
         let metrics = self.metrics.clone();
         let config = self.config.clone();
+        let events = self.events.clone();
         let (runtime, report, images, sandboxes, sandbox_report, containers, container_report) =
             tokio::task::spawn_blocking(move || {
                 let (runtime, report) = Collection::<RuntimeState>::open(&root)?;
@@ -176,7 +181,14 @@ impl Daemon {
                     user_namespaces,
                 };
                 let (sandboxes, sandbox_report) =
-                    Sandboxes::open(&root, settings, network, cgroups.clone(), metrics.clone())?;
+                    Sandboxes::open(
+                        &root,
+                        settings,
+                        network,
+                        cgroups.clone(),
+                        metrics.clone(),
+                        events.clone(),
+                    )?;
                 let runtimes = runtimes(&config);
                 let container_settings = ContainerSettings {
                     bundles_dir: config.state.runroot.join("containers"),
@@ -197,6 +209,7 @@ impl Daemon {
                     sandboxes.clone(),
                     images.clone(),
                     metrics,
+                    events,
                 )?;
                 Ok::<_, Error>((
                     runtime,
@@ -398,8 +411,11 @@ pub async fn run(
         }
     });
 
+    let events = daemon.events.clone();
     tokio::spawn(async move {
         shutdown.await;
+        // Event streams never end on their own: end them so the drain does not wait for them.
+        events.close();
         let _ = stop_tx.send(true);
     });
 

@@ -10,6 +10,7 @@ pub mod cgroups;
 pub mod config;
 pub mod container;
 pub mod error;
+pub mod events;
 pub mod idmap;
 pub mod image;
 pub mod keyed;

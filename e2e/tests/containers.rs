@@ -1987,3 +1987,185 @@ async fn list_filters_status_fields_and_metrics() {
         cri::ContainerState::ContainerCreated as i32
     );
 }
+
+/// Reads events from a `GetContainerEvents` stream until `done` holds for the last one, within
+/// `timeout`; returns them all.
+async fn events_until(
+    stream: &mut tonic::Streaming<cri::ContainerEventResponse>,
+    timeout: Duration,
+    done: impl Fn(&cri::ContainerEventResponse) -> bool,
+) -> Vec<cri::ContainerEventResponse> {
+    let mut seen = Vec::new();
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let next = tokio::time::timeout_at(deadline, stream.message()).await;
+        let event = match next {
+            Ok(Ok(Some(event))) => event,
+            other => panic!(
+                "no matching event ({other:?}); got {:?}",
+                seen.iter().map(event_line).collect::<Vec<_>>()
+            ),
+        };
+        let last = done(&event);
+        seen.push(event);
+        if last {
+            return seen;
+        }
+    }
+}
+
+/// `(container id prefix, type)` of an event, for assertions and messages.
+fn event_line(e: &cri::ContainerEventResponse) -> (String, i32) {
+    (
+        e.container_id.chars().take(12).collect(),
+        e.container_event_type,
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn container_events_follow_pods_and_containers_and_exits_are_pushed() {
+    use cri::ContainerEventType::*;
+    let mut env = Env::new().await;
+    let mut events = env
+        .rt()
+        .await
+        .get_container_events(cri::GetEventsRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    let mut second = env
+        .rt()
+        .await
+        .get_container_events(cri::GetEventsRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+
+    let pod = env.pod("events").await;
+    let pod_id = pod.0.clone();
+    // Exits by itself: the STOPPED event must come without any status or list call.
+    let id = env
+        .run(&pod, env.ctr("short", &["sh", "-c", "sleep 1; exit 3"]))
+        .await;
+    let got = events_until(&mut events, Duration::from_secs(20), |e| {
+        e.container_event_type == ContainerStoppedEvent as i32
+    })
+    .await;
+    let lines: Vec<_> = got.iter().map(event_line).collect();
+    let short = |s: &str| s.chars().take(12).collect::<String>();
+    assert_eq!(
+        lines,
+        [
+            (short(&pod_id), ContainerCreatedEvent as i32),
+            (short(&pod_id), ContainerStartedEvent as i32),
+            (short(&id), ContainerCreatedEvent as i32),
+            (short(&id), ContainerStartedEvent as i32),
+            (short(&id), ContainerStoppedEvent as i32),
+        ]
+    );
+    for e in &got {
+        let pod_status = e.pod_sandbox_status.as_ref().expect("pod status");
+        assert_eq!(pod_status.id, pod_id);
+        assert_eq!(
+            pod_status.metadata.as_ref().unwrap().uid,
+            pod.1.metadata.as_ref().unwrap().uid
+        );
+        assert!(e.created_at > 0);
+    }
+    assert!(got.windows(2).all(|w| w[0].created_at <= w[1].created_at));
+    let stopped = got.last().unwrap();
+    let st = &stopped.containers_statuses;
+    assert_eq!(st.len(), 1, "{st:?}");
+    assert_eq!(st[0].id, id);
+    assert_eq!(st[0].state, cri::ContainerState::ContainerExited as i32);
+    assert_eq!(st[0].exit_code, 3);
+    assert_eq!(st[0].reason, "Error");
+
+    // Removing the container, then the pod.
+    let rt = &mut env.rt().await;
+    rt.remove_container(cri::RemoveContainerRequest {
+        container_id: id.clone(),
+    })
+    .await
+    .unwrap();
+    rt.remove_pod_sandbox(cri::RemovePodSandboxRequest {
+        pod_sandbox_id: pod_id.clone(),
+    })
+    .await
+    .unwrap();
+    let got = events_until(&mut events, Duration::from_secs(20), |e| {
+        e.container_event_type == ContainerDeletedEvent as i32 && e.container_id == pod_id
+    })
+    .await;
+    let lines: Vec<_> = got.iter().map(event_line).collect();
+    assert_eq!(
+        lines,
+        [
+            (short(&id), ContainerDeletedEvent as i32),
+            (short(&pod_id), ContainerStoppedEvent as i32),
+            (short(&pod_id), ContainerDeletedEvent as i32),
+        ]
+    );
+    assert!(got[0].containers_statuses.is_empty());
+    let gone = got[2]
+        .pod_sandbox_status
+        .as_ref()
+        .expect("a deleted pod keeps its status");
+    assert_eq!(gone.id, pod_id);
+    assert_eq!(gone.state, cri::PodSandboxState::SandboxNotready as i32);
+
+    // A second subscriber saw the same sequence.
+    let all = events_until(&mut second, Duration::from_secs(5), |e| {
+        e.container_event_type == ContainerDeletedEvent as i32 && e.container_id == pod_id
+    })
+    .await;
+    assert_eq!(all.len(), 8);
+
+    // Containers re-adopted after kill -9 still push their exit.
+    let pod = env.pod("events-restart").await;
+    let id = env
+        .run(&pod, env.ctr("later", &["sh", "-c", "sleep 3; exit 7"]))
+        .await;
+    env.d.kill9();
+    env.d.restart().await;
+    let mut events = env
+        .rt()
+        .await
+        .get_container_events(cri::GetEventsRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    let got = events_until(&mut events, Duration::from_secs(20), |e| {
+        e.container_event_type == ContainerStoppedEvent as i32
+    })
+    .await;
+    let last = got.last().unwrap();
+    assert_eq!(last.container_id, id);
+    assert_eq!(last.containers_statuses[0].exit_code, 7);
+    env.rt()
+        .await
+        .remove_pod_sandbox(cri::RemovePodSandboxRequest {
+            pod_sandbox_id: pod.0.clone(),
+        })
+        .await
+        .unwrap();
+
+    // Shutdown ends open streams: SIGTERM still exits quickly (the client's connection tasks
+    // keep running on the other worker while this one waits).
+    let (status, took) = tokio::task::block_in_place(|| env.d.terminate(Duration::from_secs(5)))
+        .expect("crius exits");
+    assert!(status.success(), "{status:?}");
+    assert!(
+        took < Duration::from_millis(1500),
+        "{took:?}: the drain waited for the stream"
+    );
+    // What was published before is still delivered, then the stream ends.
+    let mut rest = 0;
+    loop {
+        match tokio::time::timeout(Duration::from_secs(2), events.message()).await {
+            Ok(Ok(Some(_))) if rest < 10 => rest += 1,
+            Ok(Ok(None)) | Ok(Err(_)) => break,
+            other => panic!("the stream did not end: {other:?}"),
+        }
+    }
+}

@@ -8,8 +8,11 @@
 //!
 //! Create runs as one blocking task with a rollback stack (like pods); the record is written
 //! last. The monitor, not the daemon, is the container's parent, so a daemon restart leaves
-//! containers running; exits are learned from the monitor's exit record, lazily on every
-//! status/list/stop.
+//! containers running; exits are learned from the monitor's exit record, as soon as the monitor
+//! exits (a pidfd per live container, see [`Containers::watch_exit`]) and again on every
+//! status/list/stop. Every state change publishes a lifecycle event (`crate::events`); one mutex
+//! orders the record updates of start and exit so each transition happens, and is published,
+//! once.
 
 pub mod host;
 pub mod record;
@@ -29,6 +32,7 @@ use k8s_cri::v1 as cri;
 use prost::Message as _;
 
 use crate::error::{Error, Result};
+use crate::events::{EventKind, Events};
 use crate::image::Images;
 use crate::keyed::KeyedLocks;
 use crate::metrics::Metrics;
@@ -75,6 +79,9 @@ pub struct Containers {
     images: Images,
     settings: Settings,
     metrics: Arc<Metrics>,
+    events: Arc<Events>,
+    /// Held while a record changes state after create (start, exit).
+    transitions: Mutex<()>,
     names: Mutex<HashMap<String, String>>,
     creating: KeyedLocks,
     locks: KeyedLocks,
@@ -126,6 +133,7 @@ impl Containers {
         sandboxes: Arc<Sandboxes>,
         images: Images,
         metrics: Arc<Metrics>,
+        events: Arc<Events>,
     ) -> Result<(Arc<Self>, LoadReport)> {
         let (records, report) = Collection::<ContainerRecord>::open(state_root)?;
         for dir in [
@@ -142,6 +150,8 @@ impl Containers {
             images,
             settings,
             metrics,
+            events,
+            transitions: Mutex::new(()),
             names: Mutex::new(HashMap::new()),
             creating: KeyedLocks::default(),
             locks: KeyedLocks::default(),
@@ -149,8 +159,12 @@ impl Containers {
         });
         for (id, rec) in this.records.list() {
             lock(&this.names).insert(rec.name_key(), id.clone());
-            if let Err(e) = this.refresh_blocking(&id) {
-                tracing::warn!(container_id = %id, error = %e, "container state refresh failed");
+            match this.refresh_blocking(&id) {
+                Ok(rec) if rec.state != ContainerState::Exited => this.watch_exit(&rec),
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!(container_id = %id, error = %e, "container state refresh failed")
+                }
             }
         }
         this.clean_orphans();
@@ -282,6 +296,19 @@ impl Containers {
             .collect()
     }
 
+    /// The records of a pod's containers, oldest first, as they are (no exit check).
+    pub fn records_in_pod(&self, pod_id: &str) -> Vec<Arc<ContainerRecord>> {
+        let mut out: Vec<_> = self
+            .records
+            .list()
+            .into_iter()
+            .filter(|(_, r)| r.pod_id == pod_id)
+            .map(|(_, r)| r)
+            .collect();
+        out.sort_by_key(|r| r.created_at);
+        out
+    }
+
     /// Whether any container uses the image `image_id` (for RemoveImage).
     pub fn image_in_use(&self, image_id: &str) -> Option<String> {
         self.records
@@ -299,24 +326,8 @@ impl Containers {
         if rec.state == ContainerState::Exited {
             return Ok(rec);
         }
-        let exit = monitor::read_exit(&rec.monitor_dir);
-        let mut next = (*rec).clone();
-        match exit {
-            Some(exit) => {
-                next.state = rec.state.transition(ContainerState::Exited, id)?;
-                next.exit_code = exit.exit_code;
-                next.finished_at = exit.finished_at_ns;
-                next.reason = if exit.oom_killed {
-                    "OOMKilled".into()
-                } else if exit.exit_code == 0 {
-                    "Completed".into()
-                } else {
-                    "Error".into()
-                };
-                if exit.oom_killed {
-                    self.metrics.containers_oom_total.inc();
-                }
-            }
+        let (exit, lost) = match monitor::read_exit(&rec.monitor_dir) {
+            Some(exit) => (exit, false),
             None => {
                 if monitor_alive(&rec) {
                     return Ok(rec);
@@ -326,17 +337,95 @@ impl Containers {
                 if monitor::read_exit(&rec.monitor_dir).is_some() {
                     return self.refresh_blocking(id);
                 }
-                next.state = rec.state.transition(ContainerState::Exited, id)?;
-                next.exit_code = 255;
-                next.finished_at = now_ns();
-                next.reason = "Error".into();
+                let exit = crius_proto::monitor::ExitRecord {
+                    exit_code: 255,
+                    finished_at_ns: now_ns(),
+                    ..Default::default()
+                };
+                (exit, true)
+            }
+        };
+        let stored = {
+            let _ordered = lock(&self.transitions);
+            let Some(rec) = self.records.get(id) else {
+                return Err(Error::NotFound(format!("container {id:?} not found")));
+            };
+            if rec.state == ContainerState::Exited {
+                return Ok(rec);
+            }
+            let mut next = (*rec).clone();
+            next.state = rec.state.transition(ContainerState::Exited, id)?;
+            next.exit_code = exit.exit_code;
+            next.finished_at = exit.finished_at_ns;
+            next.reason = if exit.oom_killed {
+                "OOMKilled".into()
+            } else if exit.exit_code == 0 {
+                "Completed".into()
+            } else {
+                "Error".into()
+            };
+            if lost {
                 next.message = "the container's monitor is gone and left no exit record".into();
             }
-        }
-        let stored = self.records.put(id, next)?;
+            let stored = self.records.put(id, next)?;
+            if exit.oom_killed {
+                self.metrics.containers_oom_total.inc();
+            }
+            stored
+        };
         tracing::info!(container_id = %id, exit_code = stored.exit_code, reason = %stored.reason, "container exited");
+        self.publish(&stored, EventKind::Stopped);
         self.update_gauge();
         Ok(stored)
+    }
+
+    /// Publishes a lifecycle event of `rec` with its pod as it is now.
+    fn publish(&self, rec: &ContainerRecord, kind: EventKind) {
+        self.events
+            .publish(&rec.id, kind, self.sandboxes.get(&rec.pod_id));
+    }
+
+    /// Learns about the container's exit as soon as its monitor exits (the monitor writes the
+    /// exit record, then exits): a pidfd of the monitor, awaited on the reactor. Without a
+    /// runtime or pidfds, exits are still learned on the next status/list/stop.
+    fn watch_exit(self: &Arc<Self>, rec: &ContainerRecord) {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let Some(pid) = rustix::process::Pid::from_raw(rec.monitor_pid as i32) else {
+            return;
+        };
+        let pidfd = match rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::NONBLOCK) {
+            Ok(fd) => fd,
+            Err(e) => {
+                tracing::debug!(container_id = %rec.id, error = %e, "no pidfd for the monitor");
+                return;
+            }
+        };
+        let this = self.clone();
+        let id = rec.id.clone();
+        let owned = monitor_alive(rec);
+        runtime.spawn(async move {
+            // A pid reused by another process before pidfd_open: do not wait on it.
+            if owned {
+                match pollable(pidfd) {
+                    Ok(fd) => {
+                        let _ = fd.readable().await;
+                    }
+                    Err(e) => {
+                        tracing::debug!(container_id = %id, error = %e, "pidfd not pollable");
+                        return;
+                    }
+                }
+            }
+            let worker = this.clone();
+            let refreshed = tokio::task::spawn_blocking(move || worker.refresh_blocking(&id)).await;
+            if let Ok(Err(e)) = refreshed {
+                if !matches!(e, Error::NotFound(_)) {
+                    tracing::warn!(error = %e, "learning about a container exit failed");
+                }
+            }
+        });
     }
 
     /// CreateContainer.
@@ -399,6 +488,8 @@ impl Containers {
                 .observe(started.elapsed().as_secs_f64());
             lock(&this.names).insert(key, rec.id.clone());
             this.update_gauge();
+            this.publish(&rec, EventKind::Created);
+            this.watch_exit(&rec);
             Ok(rec.id.clone())
         })
         .await
@@ -722,11 +813,19 @@ impl Containers {
         let started = Instant::now();
         tokio::task::spawn_blocking(move || {
             runtime.start(&rec.id)?;
-            let mut next = (*rec).clone();
-            next.state = rec.state.transition(ContainerState::Running, &rec.id)?;
-            next.started_at = now_ns();
-            this.records.put(&rec.id, next)?;
-            tracing::info!(container_id = %rec.id, "container started");
+            let stored = {
+                let _ordered = lock(&this.transitions);
+                let cur = this.records.get(&rec.id).unwrap_or(rec);
+                let mut next = (*cur).clone();
+                // The exit watcher may have seen a short-lived process exit already.
+                if cur.state == ContainerState::Created {
+                    next.state = ContainerState::Running;
+                }
+                next.started_at = now_ns();
+                this.records.put(&cur.id, next)?
+            };
+            tracing::info!(container_id = %stored.id, "container started");
+            this.publish(&stored, EventKind::Started);
             Ok::<_, Error>(())
         })
         .await
@@ -846,6 +945,7 @@ impl Containers {
         lock(&self.names).remove(&rec.name_key());
         self.forget_samples(id);
         tracing::info!(container_id = %id, "container removed");
+        self.publish(&rec, EventKind::Deleted);
         Ok(())
     }
 
@@ -998,6 +1098,19 @@ fn process_alive(pid: u32) -> bool {
         Ok(s) => !s.contains(") Z ") && !s.contains(") X "),
         Err(_) => false,
     }
+}
+
+/// A pidfd registered with the reactor (readable once the process exits).
+#[allow(unsafe_code)]
+fn pollable(
+    pidfd: std::os::fd::OwnedFd,
+) -> std::io::Result<tokio::io::unix::AsyncFd<std::os::fd::OwnedFd>> {
+    // SAFETY: the AsyncFd owns the OwnedFd, so the descriptor stays open and refers to the
+    // same pidfd until the AsyncFd is dropped.
+    unsafe {
+        tokio::io::unix::AsyncFd::register_with_interest(pidfd, tokio::io::Interest::READABLE)
+    }
+    .map_err(|e| e.into_parts().1)
 }
 
 fn kill_pid(pid: u32) {

@@ -30,6 +30,7 @@ use crius_cni::NsKind;
 
 use crate::cgroups::Cgroups;
 use crate::error::{Error, Result};
+use crate::events::{EventKind, Events};
 use crate::keyed::KeyedLocks;
 use crate::metrics::Metrics;
 use crate::store::{Collection, LoadReport};
@@ -68,6 +69,7 @@ pub struct Sandboxes {
     cgroups: Option<Cgroups>,
     settings: Settings,
     metrics: Arc<Metrics>,
+    events: Arc<Events>,
     /// Name key → id of every pod with a record.
     names: Mutex<HashMap<String, String>>,
     /// Serializes creates of one name key.
@@ -84,6 +86,7 @@ impl Sandboxes {
         network: Arc<dyn NetworkManager>,
         cgroups: Option<Cgroups>,
         metrics: Arc<Metrics>,
+        events: Arc<Events>,
     ) -> Result<(Arc<Self>, LoadReport)> {
         let (records, report) = Collection::<SandboxRecord>::open(state_root)?;
         std::fs::create_dir_all(&settings.pods_dir)
@@ -94,6 +97,7 @@ impl Sandboxes {
             cgroups,
             settings,
             metrics,
+            events,
             names: Mutex::new(HashMap::new()),
             creating: KeyedLocks::default(),
             locks: KeyedLocks::default(),
@@ -229,6 +233,10 @@ impl Sandboxes {
                 .map_err(join_err)??;
             lock(&this.names).insert(key, rec.id.clone());
             this.update_gauge();
+            this.events
+                .publish(&rec.id, EventKind::Created, Some(rec.clone()));
+            this.events
+                .publish(&rec.id, EventKind::Started, Some(rec.clone()));
             Ok(rec.id.clone())
         })
         .await
@@ -497,8 +505,9 @@ impl Sandboxes {
         next.state = rec.state.transition(SandboxState::NotReady, id)?;
         next.pinned.clear();
         next.ips.clear();
-        self.records.put(id, next)?;
+        let stored = self.records.put(id, next)?;
         tracing::info!(pod_id = %id, "pod sandbox stopped");
+        self.events.publish(id, EventKind::Stopped, Some(stored));
         Ok(())
     }
 
@@ -541,6 +550,7 @@ impl Sandboxes {
         self.records.remove(id)?;
         lock(&self.names).remove(&rec.spec.name_key());
         tracing::info!(pod_id = %id, "pod sandbox removed");
+        self.events.publish(id, EventKind::Deleted, Some(rec));
         Ok(())
     }
 

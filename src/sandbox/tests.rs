@@ -12,6 +12,14 @@ fn is_root() -> bool {
 }
 
 fn open(dir: &Path, network: Arc<FakeNetwork>) -> Arc<Sandboxes> {
+    open_with(dir, network, crate::events::Events::new())
+}
+
+fn open_with(
+    dir: &Path,
+    network: Arc<FakeNetwork>,
+    events: Arc<crate::events::Events>,
+) -> Arc<Sandboxes> {
     let settings = Settings {
         pods_dir: dir.join("run/pods"),
         shm_size: 1 << 20,
@@ -20,7 +28,7 @@ fn open(dir: &Path, network: Arc<FakeNetwork>) -> Arc<Sandboxes> {
         user_namespaces: Err("not probed in unit tests".into()),
     };
     let metrics = Metrics::new().unwrap();
-    Sandboxes::open(&dir.join("root"), settings, network, None, metrics)
+    Sandboxes::open(&dir.join("root"), settings, network, None, metrics, events)
         .unwrap()
         .0
 }
@@ -61,7 +69,9 @@ async fn failed_network_setup_unwinds_every_step_and_releases_the_name() {
     let dir = tempfile::tempdir().unwrap();
     let net = Arc::new(FakeNetwork::default());
     *net.fail_setup.lock().unwrap() = Some("no more addresses".into());
-    let pods = open(dir.path(), net.clone());
+    let events = crate::events::Events::new();
+    let (mut rx, _) = events.subscribe();
+    let pods = open_with(dir.path(), net.clone(), events);
     let err = pods.run(spec("a"), String::new()).await.unwrap_err();
     assert!(err.to_string().contains("no more addresses"), "{err}");
     assert_eq!(
@@ -82,6 +92,15 @@ async fn failed_network_setup_unwinds_every_step_and_releases_the_name() {
     pods.remove(&id).await.unwrap();
     pods.stop(&id).await.unwrap();
     assert!(net.attached.lock().unwrap().is_empty());
+    // The failed create published nothing; the retry one pod's lifecycle, once.
+    use crate::events::EventKind::*;
+    let mut seen = Vec::new();
+    while let Ok(ev) = rx.try_recv() {
+        assert_eq!(ev.id, id);
+        assert_eq!(ev.pod.as_ref().map(|p| p.id.as_str()), Some(id.as_str()));
+        seen.push(ev.kind);
+    }
+    assert_eq!(seen, [Created, Started, Stopped, Deleted]);
     assert!(!rec.run_dir.exists());
     let calls = net.calls.lock().unwrap().clone();
     assert_eq!(

@@ -10,13 +10,11 @@ pub mod instrument;
 pub mod runtime;
 pub mod status;
 
-use std::pin::Pin;
 use std::sync::Arc;
 
 use k8s_cri::v1 as cri;
 use k8s_cri::v1::image_service_server::ImageService;
 use k8s_cri::v1::runtime_service_server::RuntimeService;
-use tonic::codegen::tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
 use crate::app::Daemon;
@@ -64,7 +62,7 @@ macro_rules! cri_service {
     };
 }
 
-type EventStream = Pin<Box<dyn Stream<Item = Result<cri::ContainerEventResponse, Status>> + Send>>;
+use runtime::get_container_events::EventStream;
 
 cri_service! {
     RuntimeService {
@@ -74,9 +72,10 @@ cri_service! {
             &self,
             request: Request<cri::GetEventsRequest>,
         ) -> Result<Response<EventStream>, Status> {
+            let daemon = self.daemon.clone();
             Rpc { op: "GetContainerEvents" }
-                .run(&self.daemon, request, |_| async {
-                    Err::<EventStream, _>(Error::Unimplemented("GetContainerEvents"))
+                .run(&self.daemon, request, |req| {
+                    runtime::get_container_events::get_container_events(daemon, req)
                 })
                 .await
         }
