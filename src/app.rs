@@ -21,6 +21,7 @@ use crate::config::{Config, Sources};
 use crate::container::{Containers, Settings as ContainerSettings};
 use crate::error::{Error, Result};
 use crate::events::Events;
+use crius_cni::watch::ConfDir;
 use crate::image::registry::Credentials;
 use crate::image::Images;
 use crate::metrics::Metrics;
@@ -70,10 +71,16 @@ pub struct Daemon {
     ready: AtomicBool,
     /// Lifecycle events for `GetContainerEvents`; subscribers may come before the restore.
     pub events: Arc<Events>,
+    /// The CNI config dir, watched: `NetworkReady` and pod networks read it.
+    cni_conf: Arc<ConfDir>,
 }
 
 impl Daemon {
     pub fn new(config: Config, metrics: Arc<Metrics>, sources: Option<Sources>) -> Arc<Self> {
+        let cni_conf = Arc::new(ConfDir::new(
+            config.network.conf_dir.clone(),
+            config.network.default_network.clone(),
+        ));
         Arc::new(Daemon {
             config: Arc::new(config),
             metrics,
@@ -81,6 +88,7 @@ impl Daemon {
             state: OnceLock::new(),
             ready: AtomicBool::new(false),
             events: Events::new(),
+            cni_conf,
         })
     }
 
@@ -149,6 +157,7 @@ impl Daemon {
         let metrics = self.metrics.clone();
         let config = self.config.clone();
         let events = self.events.clone();
+        let conf = self.cni_conf.clone();
         let (runtime, report, images, sandboxes, sandbox_report, containers, container_report) =
             tokio::task::spawn_blocking(move || {
                 let (runtime, report) = Collection::<RuntimeState>::open(&root)?;
@@ -156,8 +165,7 @@ impl Daemon {
                 let network = Arc::new(CniNetwork::new(
                     config.network.bin_dirs.clone(),
                     root.join("cni"),
-                    config.network.conf_dir.clone(),
-                    config.network.default_network.clone(),
+                    conf,
                 ));
                 let cgroups = crate::cgroups::Cgroups::discover(Path::new(
                     crate::cgroups::DEFAULT_ROOT,
@@ -305,12 +313,11 @@ impl Daemon {
         }
     }
 
-    /// NetworkReady: a usable CNI network configuration is present (re-read on every call).
+    /// NetworkReady: a usable CNI network configuration is present (the watched conf dir:
+    /// re-read only after a change).
     pub async fn network_condition(&self) -> Result<(), NotReady> {
-        let dir = self.config.network.conf_dir.clone();
-        let name = self.config.network.default_network.clone();
-        let scan =
-            tokio::task::spawn_blocking(move || crius_cni::config::default_network(&dir, &name))
+        let conf = self.cni_conf.clone();
+        let scan = tokio::task::spawn_blocking(move || conf.default_network())
                 .await
                 .map_err(|e| e.to_string())
                 .and_then(|r| r.map_err(|e| e.to_string()));

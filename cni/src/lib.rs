@@ -19,6 +19,7 @@ pub mod ns;
 mod process;
 pub mod result;
 mod sys;
+pub mod watch;
 
 pub use config::{ConfigError, NetworkConfigList};
 pub use exec::{Attachment, Cni, CniError, CniErrorKind, DEFAULT_PLUGIN_TIMEOUT};

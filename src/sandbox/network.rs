@@ -7,7 +7,9 @@
 
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
+use crius_cni::watch::ConfDir;
 use crius_cni::{Attachment, Cni, CniError, CniErrorKind};
 use serde_json::{json, Map, Value};
 
@@ -84,21 +86,18 @@ pub trait NetworkManager: Send + Sync + 'static {
 /// The real pod network: CNI plugins from `conf_dir`/`bin_dirs`.
 pub struct CniNetwork {
     cni: Cni,
-    conf_dir: PathBuf,
-    default_network: String,
+    conf: Arc<ConfDir>,
 }
 
 impl CniNetwork {
     pub fn new(
         bin_dirs: Vec<PathBuf>,
         cache_dir: PathBuf,
-        conf_dir: PathBuf,
-        default_network: String,
+        conf: Arc<ConfDir>,
     ) -> Self {
         CniNetwork {
             cni: Cni::new(bin_dirs, cache_dir),
-            conf_dir,
-            default_network,
+            conf,
         }
     }
 
@@ -161,19 +160,21 @@ pub fn capabilities(spec: &PodSpec) -> Map<String, Value> {
 
 impl NetworkManager for CniNetwork {
     fn setup(&self, pod: &PodNetwork<'_>) -> Result<NetworkStatus, NetworkError> {
-        let net = crius_cni::config::default_network(&self.conf_dir, &self.default_network)
+        let net = self
+            .conf
+            .default_network()
             .map_err(|e| NetworkError::NotConfigured(e.to_string()))?
             .ok_or_else(|| {
-                NetworkError::NotConfigured(if self.default_network.is_empty() {
+                NetworkError::NotConfigured(if self.conf.name().is_empty() {
                     format!(
                         "no network configuration file in {}",
-                        self.conf_dir.display()
+                        self.conf.dir().display()
                     )
                 } else {
                     format!(
                         "network {:?} not found in {}",
-                        self.default_network,
-                        self.conf_dir.display()
+                        self.conf.name(),
+                        self.conf.dir().display()
                     )
                 })
             })?;
