@@ -2,6 +2,8 @@
 
 A host root here holds only the shared libraries crius links, so `crius config` (the installer's
 config check) runs in it; the systemd tests add busybox as /bin/sh and a recording systemctl.
+The nsenter tests stand a process in for the node's PID 1: its own mount namespace has the host
+root as / (pivot_root), and CRIUS_INSTALL_HOST_PID points the installer at it.
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 import os
 import shutil
 import stat
+import subprocess
 import tarfile
 from pathlib import Path
 
@@ -40,9 +43,9 @@ def host(tmp_path, payload) -> Path:
     return make_host_root(tmp_path / "host", payload / "bin" / "crius")
 
 
-def install(payload: Path, host: Path, *args, shell=("busybox",), expect=0):
+def install(payload: Path, host: Path, *args, shell=("busybox",), expect=0, env=None):
     cmd = SHELLS[shell[0]] + [payload / "crius-install", "--host-root", host, *args]
-    result = run(cmd)
+    result = run(cmd, env=None if env is None else {**os.environ, **env})
     assert result.returncode == expect, f"exit {result.returncode}\n{result.stdout}\n{result.stderr}"
     return result
 
@@ -197,6 +200,88 @@ def test_systemd_host_enables_and_restarts_only_on_change(payload, host, tmp_pat
     assert snapshot(host) == before
 
 
+def mounts_of(path: Path) -> list[str]:
+    """Lines of this process's mountinfo that mention path (a bind mount left behind)."""
+    return [line for line in Path("/proc/self/mountinfo").read_text().splitlines() if str(path) in line]
+
+
+# Runs in a new mount namespace (private propagation, so nothing reaches ours): makes the host
+# root a mount point, pivots into it with no put_old dir (`pivot_root . .` stacks the old root on
+# the new one; `umount -l .` drops it), then sleeps as the namespace's only process. setns to
+# this namespace lands in the host root, as `nsenter -t 1 -m` lands in the node's /.
+HOST_NS_SCRIPT = """set -e
+mount --bind "$1" "$1"
+cd "$1"
+pivot_root . .
+/bin/busybox umount -l .
+echo ready
+exec /bin/busybox sleep 3600
+"""
+
+
+@pytest.fixture
+def host_ns(host):
+    """A systemd host root (add_systemd) and the PID of a process whose mount namespace has it as /."""
+    add_systemd(host)
+    proc = subprocess.Popen(
+        ["unshare", "--mount", "--propagation", "private", "--", "sh", "-c", HOST_NS_SCRIPT, "sh", str(host)],
+        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        ready = proc.stdout.readline()
+        if ready != "ready\n":
+            proc.wait(timeout=10)
+            pytest.fail(f"host namespace did not start (exit {proc.returncode}): {proc.stderr.read()}")
+        assert sorted(os.listdir(f"/proc/{proc.pid}/root")) == sorted(os.listdir(host))
+        yield proc.pid
+    finally:
+        proc.kill()
+        proc.wait()
+        proc.stdout.close()
+        proc.stderr.close()
+    assert mounts_of(host) == [], "the host root's bind mount leaked into the test's namespace"
+
+
+# busybox sh runs busybox's nsenter applet (as in the image); dash and bash run util-linux's.
+@pytest.mark.parametrize("shell", SHELLS)
+def test_nsenter_mode_installs_through_the_host_mount_namespace(payload, host, host_ns, shell):
+    nsenter = ("--host-exec", "nsenter")
+    env = {"CRIUS_INSTALL_HOST_PID": str(host_ns)}
+    assert mounts_of(host) == [], "the namespace's mounts must stay private to it"
+    before = snapshot(host)
+
+    first = install(payload, host, *nsenter, shell=(shell,), env=env)
+    assert "config checked with the new crius" in first.stdout
+    for rel, mode in WRITTEN.items():
+        assert stat.S_IMODE((host / rel).stat().st_mode) == mode, rel
+        assert f"installed /{rel}" in first.stdout
+    assert (host / "usr/local/bin/crius").read_bytes() == (payload / "bin/crius").read_bytes()
+    assert systemctl_calls(host) == ["daemon-reload", "enable crius.service", "restart crius.service"]
+    assert "crius.service is enabled and started" in first.stdout
+
+    installed = snapshot(host)
+    second = install(payload, host, *nsenter, shell=(shell,), env=env)
+    assert "nothing changed" in second.stdout
+    assert systemctl_calls(host) == ["enable --now crius.service"]
+    assert snapshot(host) == installed, "a second run must change nothing (contents, modes, mtimes)"
+
+    install(payload, host, *nsenter, "--uninstall", shell=(shell,), env=env)
+    assert systemctl_calls(host) == ["disable --now crius.service", "daemon-reload"]
+    assert snapshot(host) == before
+
+
+def test_nsenter_mode_refuses_an_invalid_config(payload, host, host_ns, tmp_path):
+    config = tmp_path / "chart.toml"
+    config.write_text("[image]\nmax_concurent_downloads = 3\n")
+    before = snapshot(host)
+    result = install(payload, host, "--host-exec", "nsenter", "--config", config, expect=1,
+                     env={"CRIUS_INSTALL_HOST_PID": str(host_ns)})
+    assert "max_concurent_downloads" in result.stderr
+    assert "nothing was changed" in result.stderr
+    assert systemctl_calls(host) == []
+    assert snapshot(host) == before
+
+
 def test_no_start_writes_files_only(payload, host):
     add_systemd(host)
     out = install(payload, host, "--no-start").stdout
@@ -231,6 +316,8 @@ def test_wait_marks_ready_and_stops_on_sigterm(payload, host, tmp_path):
 def test_bad_arguments(payload, host):
     assert "unknown argument" in install(payload, host, "--frobnicate", expect=1).stderr
     assert "chroot or nsenter" in install(payload, host, "--host-exec", "ssh", expect=1).stderr
+    bad_pid = install(payload, host, "--host-exec", "nsenter", expect=1, env={"CRIUS_INSTALL_HOST_PID": "1x"})
+    assert "CRIUS_INSTALL_HOST_PID must be a process id" in bad_pid.stderr
     assert "usage:" in install(payload, host, "--help").stdout
 
 
