@@ -21,7 +21,6 @@ use crate::config::{Config, Sources};
 use crate::container::{Containers, Settings as ContainerSettings};
 use crate::error::{Error, Result};
 use crate::events::Events;
-use crius_cni::watch::ConfDir;
 use crate::image::registry::Credentials;
 use crate::image::Images;
 use crate::metrics::Metrics;
@@ -30,6 +29,8 @@ use crate::sandbox::network::CniNetwork;
 use crate::sandbox::{Sandboxes, Settings as SandboxSettings};
 use crate::server::CriService;
 use crate::store::{Collection, Record};
+use crate::streaming::server::StreamServer;
+use crius_cni::watch::ConfDir;
 
 /// How long in-flight RPCs may run after a shutdown signal.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_millis(1500);
@@ -73,6 +74,8 @@ pub struct Daemon {
     pub events: Arc<Events>,
     /// The CNI config dir, watched: `NetworkReady` and pod networks read it.
     cni_conf: Arc<ConfDir>,
+    /// The streaming server, once `run` serves it.
+    streaming: OnceLock<Arc<StreamServer>>,
 }
 
 impl Daemon {
@@ -89,6 +92,7 @@ impl Daemon {
             ready: AtomicBool::new(false),
             events: Events::new(),
             cni_conf,
+            streaming: OnceLock::new(),
         })
     }
 
@@ -100,6 +104,13 @@ impl Daemon {
     /// The pod sandbox domain, once restored.
     pub fn sandboxes(&self) -> Result<&Arc<Sandboxes>> {
         Ok(&self.state()?.sandboxes)
+    }
+
+    /// The streaming server (Exec/Attach/PortForward URLs), once serving.
+    pub fn streaming(&self) -> Result<&Arc<StreamServer>> {
+        self.streaming
+            .get()
+            .ok_or_else(|| Error::FailedPrecondition("the streaming server is not running".into()))
     }
 
     /// The container domain, once restored.
@@ -318,9 +329,9 @@ impl Daemon {
     pub async fn network_condition(&self) -> Result<(), NotReady> {
         let conf = self.cni_conf.clone();
         let scan = tokio::task::spawn_blocking(move || conf.default_network())
-                .await
-                .map_err(|e| e.to_string())
-                .and_then(|r| r.map_err(|e| e.to_string()));
+            .await
+            .map_err(|e| e.to_string())
+            .and_then(|r| r.map_err(|e| e.to_string()));
         let conf_dir = self.config.network.conf_dir.display();
         match scan {
             Ok(Some(_)) => Ok(()),
@@ -399,9 +410,26 @@ pub async fn run(
     daemon: Arc<Daemon>,
     listener: UnixListener,
     metrics_listener: Option<TcpListener>,
+    stream_listener: Option<TcpListener>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), tonic::transport::Error> {
     let (stop_tx, stop_rx) = watch::channel(false);
+
+    if let Some(l) = stream_listener {
+        match l.local_addr() {
+            Ok(addr) => {
+                let _ = daemon.streaming.set(StreamServer::new(addr));
+                tokio::spawn(crate::streaming::server::serve(
+                    l,
+                    daemon.clone(),
+                    stop_rx.clone(),
+                ));
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "streaming listener has no address; Exec/Attach/PortForward unavailable")
+            }
+        }
+    }
 
     if let Some(l) = metrics_listener {
         tokio::spawn(crate::metrics::serve(

@@ -20,4 +20,5 @@ pub mod sandbox;
 pub mod server;
 pub mod socket;
 pub mod store;
+pub mod streaming;
 pub mod util;

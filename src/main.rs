@@ -181,6 +181,14 @@ fn serve(cfg: config::Config, sources: Sources) -> anyhow::Result<()> {
         } else {
             None
         };
+        let stream_addr = format!("{}:{}", cfg.api.stream_address, cfg.api.stream_port);
+        let stream_listener = match tokio::net::TcpListener::bind(&stream_addr).await {
+            Ok(l) => l,
+            Err(e) => {
+                socket::remove(&cfg.api.listen);
+                anyhow::bail!("bind streaming address {stream_addr}: {e}");
+            }
+        };
         let listen = cfg.api.listen.clone();
         tracing::info!(
             version = env!("CARGO_PKG_VERSION"),
@@ -190,11 +198,22 @@ fn serve(cfg: config::Config, sources: Sources) -> anyhow::Result<()> {
                 .and_then(|l| l.local_addr().ok())
                 .map(|a| a.to_string())
                 .unwrap_or_else(|| "disabled".into()),
+            streaming = %stream_listener
+                .local_addr()
+                .map(|a| a.to_string())
+                .unwrap_or_default(),
             "crius serving"
         );
         let metrics = metrics::Metrics::new().context("register metrics")?;
         let daemon = app::Daemon::new(cfg, metrics, Some(sources));
-        let result = app::run(daemon, listener, metrics_listener, shutdown_signal()).await;
+        let result = app::run(
+            daemon,
+            listener,
+            metrics_listener,
+            Some(stream_listener),
+            shutdown_signal(),
+        )
+        .await;
         socket::remove(&listen);
         drop(lock);
         result.context("grpc server")?;

@@ -4,6 +4,7 @@
 //! ([`cgroups`]) and CRI pod builders ([`pods`]). Tests live in `e2e/tests/`, one file per
 //! capability; they run as root.
 
+pub mod busybox;
 pub mod cgroups;
 pub mod daemon;
 pub mod fixtures;

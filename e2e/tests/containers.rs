@@ -5,9 +5,10 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use crius_e2e::busybox::BusyboxDaemon;
 use crius_e2e::daemon::{free_port, Daemon, Options};
 use crius_e2e::network::TestNetwork;
-use crius_e2e::{pods, registry, sweep};
+use crius_e2e::{pods, sweep};
 use k8s_cri::v1 as cri;
 use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
 use tonic::transport::Channel;
@@ -21,30 +22,7 @@ struct Env {
 
 impl Env {
     async fn new() -> Env {
-        let fx = registry::shared();
-        let net = TestNetwork::new();
-        let d = Daemon::start_with(Options {
-            extra_config: format!(
-                "[image.registries.\"{}\"]\ninsecure = true\n",
-                fx.registry_addr()
-            ),
-            ..Options::default()
-        })
-        .await;
-        net.install(&d.paths.cni_conf_dir, &[]);
-        let image = fx.busybox_ref();
-        d.image()
-            .await
-            .pull_image(cri::PullImageRequest {
-                image: Some(cri::ImageSpec {
-                    image: image.clone(),
-                    ..Default::default()
-                }),
-                auth: None,
-                sandbox_config: None,
-            })
-            .await
-            .unwrap();
+        let BusyboxDaemon { d, net, image } = BusyboxDaemon::start(Options::default()).await;
         Env {
             d,
             _net: net,

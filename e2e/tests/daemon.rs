@@ -215,11 +215,15 @@ async fn rpcs_of_later_capabilities_answer_unimplemented_naming_the_rpc() {
     let err = d
         .runtime()
         .await
-        .port_forward(cri::PortForwardRequest::default())
+        .list_metric_descriptors(cri::ListMetricDescriptorsRequest::default())
         .await
         .unwrap_err();
     assert_eq!(err.code(), tonic::Code::Unimplemented);
-    assert!(err.message().contains("PortForward"), "{}", err.message());
+    assert!(
+        err.message().contains("ListMetricDescriptors"),
+        "{}",
+        err.message()
+    );
     let err = d
         .runtime()
         .await
@@ -252,13 +256,13 @@ async fn metrics_count_operations_errors_and_latency() {
         .await
         .unwrap_err();
     let unimplemented =
-        "crius_operations_errors_total{code=\"Unimplemented\",operation=\"PortForward\"}";
+        "crius_operations_errors_total{code=\"Unimplemented\",operation=\"CheckpointContainer\"}";
     assert_eq!(metric_value(&d.http_get("/metrics").1, unimplemented), None);
     for _ in 0..2 {
         let err = rt
-            .port_forward(cri::PortForwardRequest {
-                pod_sandbox_id: "p1".into(),
-                port: vec![80],
+            .checkpoint_container(cri::CheckpointContainerRequest {
+                container_id: "c1".into(),
+                ..Default::default()
             })
             .await
             .unwrap_err();
@@ -284,7 +288,10 @@ async fn metrics_count_operations_errors_and_latency() {
     assert_eq!(errors, Some(1.0), "{body}");
     assert_eq!(metric_value(&body, unimplemented), Some(2.0), "{body}");
     assert_eq!(
-        metric_value(&body, "crius_operations_total{operation=\"PortForward\"}"),
+        metric_value(
+            &body,
+            "crius_operations_total{operation=\"CheckpointContainer\"}"
+        ),
         Some(2.0),
         "{body}"
     );

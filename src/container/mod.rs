@@ -63,6 +63,14 @@ pub struct Settings {
     pub host: spec::HostView,
 }
 
+/// Where an attach session connects.
+#[derive(Debug, Clone)]
+pub struct AttachTarget {
+    pub socket: PathBuf,
+    pub monitor_dir: PathBuf,
+    pub tty: bool,
+}
+
 /// A `ListContainers` filter.
 #[derive(Debug, Clone, Default)]
 pub struct Filter {
@@ -984,14 +992,56 @@ impl Containers {
             )));
         }
         let runtime = self.runtime(&rec.runtime_handler)?.clone();
-        let pid_file = rec.monitor_dir.join(format!(
-            "exec-{}.pid",
-            new_id().map(|s| s[..12].to_string())?
-        ));
+        let pid_file = exec_pid_file(&rec)?;
         let command = runtime.exec_command(&rec.id, &pid_file, cmd, false);
         let result = crate::runtime::oci::exec_sync(&rec.id, command, &pid_file, timeout).await;
         let _ = std::fs::remove_file(&pid_file);
         Ok(result?)
+    }
+
+    /// A running container, or `FailedPrecondition` naming its state.
+    pub async fn running(self: &Arc<Self>, id: &str) -> Result<Arc<ContainerRecord>> {
+        let rec = self.status(id).await?;
+        if rec.state != ContainerState::Running {
+            return Err(Error::FailedPrecondition(format!(
+                "container {} is {}, not running",
+                rec.id,
+                rec.state.name()
+            )));
+        }
+        Ok(rec)
+    }
+
+    /// Starts a streaming exec (the `Exec` session) in a running container.
+    pub async fn spawn_exec(
+        self: &Arc<Self>,
+        id: &str,
+        cmd: &[String],
+        tty: bool,
+        stdin: bool,
+        stdout: bool,
+        stderr: bool,
+    ) -> Result<crate::runtime::oci::ExecProcess> {
+        if cmd.is_empty() {
+            return Err(Error::InvalidArgument("exec command is required".into()));
+        }
+        let rec = self.running(id).await?;
+        let runtime = self.runtime(&rec.runtime_handler)?.clone();
+        let pid_file = exec_pid_file(&rec)?;
+        let command = runtime.exec_command(&rec.id, &pid_file, cmd, tty);
+        Ok(crate::runtime::oci::spawn_exec(
+            &rec.id, command, &pid_file, tty, stdin, stdout, stderr,
+        )?)
+    }
+
+    /// Where an `Attach` session joins a container: its monitor's attach socket.
+    pub fn attach_target(&self, id: &str) -> Result<AttachTarget> {
+        let rec = self.resolve(id)?;
+        Ok(AttachTarget {
+            socket: monitor::attach_socket(&rec.monitor_dir),
+            monitor_dir: rec.monitor_dir.clone(),
+            tty: rec.tty,
+        })
     }
 
     /// UpdateContainerResources.
@@ -1076,6 +1126,12 @@ fn localhost_seccomp(config: &cri::ContainerConfig) -> Option<String> {
 }
 
 const SIGKILL: i32 = 9;
+
+/// A fresh pid file path for one exec in the container's monitor dir.
+fn exec_pid_file(rec: &ContainerRecord) -> Result<PathBuf> {
+    let token = new_id()?;
+    Ok(rec.monitor_dir.join(format!("exec-{}.pid", &token[..12])))
+}
 
 /// Whether the container's monitor still runs: the recorded pid is alive *and* its command line
 /// names this container (after a reboot or a long downtime the pid may be anybody's).

@@ -63,6 +63,26 @@ pub fn reopen_log(dir: &Path) -> std::io::Result<()> {
     }
 }
 
+/// Sets the container terminal's window size. Blocking.
+pub fn resize(dir: &Path, width: u16, height: u16) -> std::io::Result<()> {
+    let req = crius_proto::monitor::ResizeRequest {
+        width: width.into(),
+        height: height.into(),
+    };
+    match call(dir, request::Kind::Resize(req))? {
+        response::Kind::Resize(_) => Ok(()),
+        response::Kind::Error(e) => Err(std::io::Error::other(e.message)),
+        other => Err(std::io::Error::other(format!(
+            "unexpected monitor answer {other:?}"
+        ))),
+    }
+}
+
+/// The monitor's attach socket (see docs/monitor.md).
+pub fn attach_socket(dir: &Path) -> std::path::PathBuf {
+    dir.join(ATTACH_SOCKET)
+}
+
 /// Whether a monitor answers on its control socket.
 pub fn is_alive(dir: &Path) -> bool {
     matches!(

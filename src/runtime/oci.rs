@@ -6,6 +6,8 @@
 //! kill what it started without tying up a blocking thread.
 
 use std::io::Read;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -391,6 +393,156 @@ pub async fn exec_sync(
             })
         }
     }
+}
+
+/// A streaming exec: the runtime's `exec` process with the session's ends of its stdio.
+pub struct ExecProcess {
+    child: tokio::process::Child,
+    id: String,
+    pid_file: PathBuf,
+    pub stdin: Option<Box<dyn tokio::io::AsyncWrite + Send + Unpin>>,
+    pub stdout: Option<Box<dyn tokio::io::AsyncRead + Send + Unpin>>,
+    pub stderr: Option<Box<dyn tokio::io::AsyncRead + Send + Unpin>>,
+    /// The terminal's master side (a terminal exec), for resizes.
+    pub terminal: Option<std::fs::File>,
+}
+
+impl ExecProcess {
+    /// Waits for the exec to end: its exit code (128 + signal when killed).
+    pub async fn wait(&mut self) -> std::io::Result<i32> {
+        use std::os::unix::process::ExitStatusExt;
+        let status = self.child.wait().await?;
+        let _ = std::fs::remove_file(&self.pid_file);
+        Ok(status
+            .code()
+            .or_else(|| status.signal().map(|s| 128 + s))
+            .unwrap_or(-1))
+    }
+
+    /// Kills the exec'd process with everything it started, and the runtime's process.
+    pub fn kill(&mut self) {
+        if let Some(pid) = std::fs::read_to_string(&self.pid_file)
+            .ok()
+            .and_then(|s| s.trim().parse::<i32>().ok())
+            .and_then(rustix::process::Pid::from_raw)
+        {
+            kill_tree(pid);
+        }
+        let _ = self.child.start_kill();
+        let _ = std::fs::remove_file(&self.pid_file);
+        tracing::debug!(container_id = %self.id, "streaming exec killed");
+    }
+}
+
+/// A new pseudo-terminal: (master, slave).
+fn open_pty() -> std::io::Result<(std::os::fd::OwnedFd, std::os::fd::OwnedFd)> {
+    use rustix::pty::{grantpt, openpt, ptsname, unlockpt, OpenptFlags};
+    let master = openpt(OpenptFlags::RDWR | OpenptFlags::NOCTTY | OpenptFlags::CLOEXEC)?;
+    grantpt(&master)?;
+    unlockpt(&master)?;
+    let name = ptsname(&master, Vec::new())?;
+    let slave = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_NOCTTY)
+        .open(std::ffi::OsStr::from_bytes(name.as_bytes()))?;
+    Ok((master, slave.into()))
+}
+
+/// Sets a terminal's window size (the runtime passes it on to the container's terminal).
+pub fn resize_terminal(terminal: &std::fs::File, width: u16, height: u16) {
+    let size = rustix::termios::Winsize {
+        ws_row: height,
+        ws_col: width,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    if let Err(e) = rustix::termios::tcsetwinsize(terminal, size) {
+        tracing::debug!(error = %e, "terminal resize");
+    }
+}
+
+/// Starts `cmd` (an `exec` command line of the runtime, see [`OciRuntime::exec_command`]) for a
+/// streaming session. Without a terminal each wanted stream is a pipe. With one, the runtime
+/// runs in its own session with a fresh pseudo-terminal as its controlling terminal (through
+/// `setsid --ctty`): `<runtime> exec --tty` then relays between that terminal and the
+/// container's, and follows its window size (SIGWINCH), so the session reads and writes the
+/// master side.
+pub fn spawn_exec(
+    id: &str,
+    cmd: Command,
+    pid_file: &Path,
+    tty: bool,
+    stdin: bool,
+    stdout: bool,
+    stderr: bool,
+) -> Result<ExecProcess, RuntimeError> {
+    let spawn_err = |source| RuntimeError::Spawn {
+        what: format!("exec in {id}"),
+        source,
+    };
+    let mut terminal = None;
+    let cmd = if tty {
+        let (master, slave) = open_pty().map_err(spawn_err)?;
+        let mut wrapped = Command::new("setsid");
+        wrapped
+            .arg("--ctty")
+            .arg(cmd.get_program())
+            .args(cmd.get_args());
+        let slave = std::fs::File::from(slave);
+        wrapped
+            .stdin(slave.try_clone().map_err(spawn_err)?)
+            .stdout(slave.try_clone().map_err(spawn_err)?)
+            .stderr(slave);
+        terminal = Some(std::fs::File::from(master));
+        wrapped
+    } else {
+        let pipe = |wanted: bool| {
+            if wanted {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            }
+        };
+        let mut cmd = cmd;
+        cmd.stdin(pipe(stdin))
+            .stdout(pipe(stdout))
+            .stderr(pipe(stderr));
+        cmd
+    };
+    let mut tokio_cmd = tokio::process::Command::from(cmd);
+    tokio_cmd.kill_on_drop(true);
+    let mut child = tokio_cmd.spawn().map_err(spawn_err)?;
+    // The slave ends held by the command are closed now: only the runtime holds the terminal.
+    drop(tokio_cmd);
+    type Writer = Box<dyn tokio::io::AsyncWrite + Send + Unpin>;
+    type Reader = Box<dyn tokio::io::AsyncRead + Send + Unpin>;
+    let (to_stdin, from_stdout, from_stderr): (Option<Writer>, Option<Reader>, Option<Reader>) =
+        match &terminal {
+            Some(master) => {
+                let reader = master.try_clone().map_err(spawn_err)?;
+                let writer = master.try_clone().map_err(spawn_err)?;
+                (
+                    stdin.then(|| Box::new(tokio::fs::File::from_std(writer)) as Writer),
+                    stdout.then(|| Box::new(tokio::fs::File::from_std(reader)) as Reader),
+                    None,
+                )
+            }
+            None => (
+                child.stdin.take().map(|w| Box::new(w) as Writer),
+                child.stdout.take().map(|r| Box::new(r) as Reader),
+                child.stderr.take().map(|r| Box::new(r) as Reader),
+            ),
+        };
+    Ok(ExecProcess {
+        child,
+        id: id.to_string(),
+        pid_file: pid_file.to_path_buf(),
+        stdin: to_stdin,
+        stdout: from_stdout,
+        stderr: from_stderr,
+        terminal,
+    })
 }
 
 /// Kills `root` and every descendant: each round stops what it finds (a stopped process cannot

@@ -90,11 +90,7 @@ pub struct CniNetwork {
 }
 
 impl CniNetwork {
-    pub fn new(
-        bin_dirs: Vec<PathBuf>,
-        cache_dir: PathBuf,
-        conf: Arc<ConfDir>,
-    ) -> Self {
+    pub fn new(bin_dirs: Vec<PathBuf>, cache_dir: PathBuf, conf: Arc<ConfDir>) -> Self {
         CniNetwork {
             cni: Cni::new(bin_dirs, cache_dir),
             conf,

@@ -113,8 +113,8 @@ cri_service! {
     reopen_container_log(ReopenContainerLogRequest) -> ReopenContainerLogResponse,
         "ReopenContainerLog" => runtime::reopen_container_log::reopen_container_log;
     exec_sync(ExecSyncRequest) -> ExecSyncResponse, "ExecSync" => runtime::exec_sync::exec_sync;
-    exec(ExecRequest) -> ExecResponse, "Exec" => unimplemented;
-    attach(AttachRequest) -> AttachResponse, "Attach" => unimplemented;
+    exec(ExecRequest) -> ExecResponse, "Exec" => runtime::exec::exec;
+    attach(AttachRequest) -> AttachResponse, "Attach" => runtime::attach::attach;
     port_forward(PortForwardRequest) -> PortForwardResponse, "PortForward" => unimplemented;
     container_stats(ContainerStatsRequest) -> ContainerStatsResponse, "ContainerStats"
         => runtime::container_stats::container_stats;

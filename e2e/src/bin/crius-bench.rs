@@ -348,30 +348,11 @@ const CONTAINERS: usize = 50;
 
 async fn bench_containers() {
     use k8s_cri::v1 as cri;
-    let fx = crius_e2e::registry::shared();
-    let net = crius_e2e::network::TestNetwork::new();
-    let d = crius_e2e::daemon::Daemon::start_with(crius_e2e::daemon::Options {
-        extra_config: format!(
-            "[image.registries.\"{}\"]\ninsecure = true\n",
-            fx.registry_addr()
-        ),
-        ..Default::default()
-    })
-    .await;
-    net.install(&d.paths.cni_conf_dir, &[]);
-    let image = fx.busybox_ref();
-    d.image()
-        .await
-        .pull_image(cri::PullImageRequest {
-            image: Some(cri::ImageSpec {
-                image: image.clone(),
-                ..Default::default()
-            }),
-            auth: None,
-            sandbox_config: None,
-        })
-        .await
-        .expect("pull busybox");
+    let crius_e2e::busybox::BusyboxDaemon {
+        d,
+        net: _net,
+        image,
+    } = crius_e2e::busybox::BusyboxDaemon::start(Default::default()).await;
     let mut rt = d.runtime().await;
     let pod_req = crius_e2e::pods::pod("bench");
     let pod_config = pod_req.config.clone();

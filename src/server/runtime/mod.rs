@@ -1,9 +1,11 @@
 //! Handlers of `RuntimeService`, one file per RPC.
 
+pub mod attach;
 pub mod container;
 pub mod container_stats;
 pub mod container_status;
 pub mod create_container;
+pub mod exec;
 pub mod exec_sync;
 pub mod get_container_events;
 pub mod list_container_stats;

@@ -1,0 +1,476 @@
+//! Exec and Attach end to end: the real daemon returns a URL, the test connects
+//! there, upgrades to SPDY/3.1 and speaks Kubernetes' remote command / port-forward protocols
+//! (the stream order and headers client-go uses), against busybox containers under runc.
+#![allow(clippy::unwrap_used)]
+
+use std::time::Duration;
+
+use crius::streaming::spdy::{Connection, Stream, StreamReader, StreamWriter};
+use crius_e2e::busybox::BusyboxDaemon;
+use crius_e2e::daemon::{Daemon, Options};
+use crius_e2e::network::TestNetwork;
+use crius_e2e::pods;
+use k8s_cri::v1 as cri;
+use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tonic::transport::Channel;
+
+struct Env {
+    d: Daemon,
+    _net: TestNetwork,
+    image: String,
+}
+
+impl Env {
+    async fn new() -> Env {
+        let BusyboxDaemon { d, net, image } = BusyboxDaemon::start(Options::default()).await;
+        Env {
+            d,
+            _net: net,
+            image,
+        }
+    }
+
+    async fn rt(&self) -> RuntimeServiceClient<Channel> {
+        self.d.runtime().await
+    }
+
+    async fn pod(&self, name: &str) -> (String, cri::PodSandboxConfig) {
+        let req = pods::pod(name);
+        let config = req.config.clone().unwrap();
+        let id = self
+            .rt()
+            .await
+            .run_pod_sandbox(req)
+            .await
+            .unwrap()
+            .into_inner()
+            .pod_sandbox_id;
+        (id, config)
+    }
+
+    /// Creates and starts a container running `cmd`.
+    async fn run(
+        &self,
+        pod: &(String, cri::PodSandboxConfig),
+        name: &str,
+        cmd: &[&str],
+        tty: bool,
+        stdin: bool,
+    ) -> String {
+        let config = cri::ContainerConfig {
+            metadata: Some(cri::ContainerMetadata {
+                name: name.into(),
+                attempt: 0,
+            }),
+            image: Some(cri::ImageSpec {
+                image: self.image.clone(),
+                ..Default::default()
+            }),
+            command: cmd.iter().map(|s| s.to_string()).collect(),
+            log_path: format!("{name}.log"),
+            tty,
+            stdin,
+            linux: Some(cri::LinuxContainerConfig {
+                security_context: Some(cri::LinuxContainerSecurityContext {
+                    namespace_options: Some(cri::NamespaceOption {
+                        pid: cri::NamespaceMode::Container as i32,
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let mut rt = self.rt().await;
+        let id = rt
+            .create_container(cri::CreateContainerRequest {
+                pod_sandbox_id: pod.0.clone(),
+                config: Some(config),
+                sandbox_config: Some(pod.1.clone()),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .container_id;
+        rt.start_container(cri::StartContainerRequest {
+            container_id: id.clone(),
+        })
+        .await
+        .unwrap();
+        id
+    }
+
+    async fn exec_url(&self, id: &str, cmd: &[&str], tty: bool, stdin: bool) -> String {
+        self.rt()
+            .await
+            .exec(cri::ExecRequest {
+                container_id: id.into(),
+                cmd: cmd.iter().map(|s| s.to_string()).collect(),
+                tty,
+                stdin,
+                stdout: true,
+                stderr: !tty,
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .url
+    }
+}
+
+/// Sends the upgrade request for `url` and returns the raw response head and, on 101, the
+/// client side of the SPDY connection.
+async fn upgrade(url: &str, protocols: &[&str]) -> (String, Option<Connection>) {
+    let rest = url.strip_prefix("http://").unwrap();
+    let (host, path) = rest.split_once('/').unwrap();
+    let mut tcp = TcpStream::connect(host).await.unwrap();
+    let mut req = format!(
+        "POST /{path} HTTP/1.1\r\nHost: {host}\r\nConnection: Upgrade\r\nUpgrade: SPDY/3.1\r\nContent-Length: 0\r\n"
+    );
+    for p in protocols {
+        req.push_str(&format!("X-Stream-Protocol-Version: {p}\r\n"));
+    }
+    req.push_str("\r\n");
+    tcp.write_all(req.as_bytes()).await.unwrap();
+    // Read the response head byte by byte: nothing after it may be consumed.
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        let n = tokio::time::timeout(Duration::from_secs(10), tcp.read(&mut byte))
+            .await
+            .expect("response head in time")
+            .unwrap();
+        assert!(n == 1, "connection closed in the response head: {head:?}");
+        head.push(byte[0]);
+        assert!(head.len() < 16 << 10);
+    }
+    let head = String::from_utf8(head).unwrap();
+    if !head.starts_with("HTTP/1.1 101") {
+        let mut body = vec![0u8; 4096];
+        let n = tokio::time::timeout(Duration::from_secs(2), tcp.read(&mut body))
+            .await
+            .map(|r| r.unwrap_or(0))
+            .unwrap_or(0);
+        return (head + &String::from_utf8_lossy(&body[..n]), None);
+    }
+    let (conn, _incoming) = Connection::client(tcp);
+    (head, Some(conn))
+}
+
+fn headers(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+/// The streams of a remote command session, opened in client-go's order.
+struct Session {
+    conn: Connection,
+    error: StreamReader,
+    stdin: Option<StreamWriter>,
+    stdout: StreamReader,
+    stderr: Option<StreamReader>,
+    resize: Option<StreamWriter>,
+}
+
+async fn open(conn: &Connection, kind: &str) -> Stream {
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        conn.open(headers(&[("streamtype", kind)])),
+    )
+    .await
+    .expect("stream reply in time")
+    .unwrap()
+}
+
+async fn session(url: &str, stdin: bool, stderr: bool, resize: bool) -> Session {
+    let (head, conn) = upgrade(url, &["v4.channel.k8s.io", "v3.channel.k8s.io"]).await;
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("x-stream-protocol-version: v4.channel.k8s.io"),
+        "{head}"
+    );
+    let conn = conn.unwrap();
+    let (error, _) = open(&conn, "error").await.split();
+    let stdin = if stdin {
+        Some(open(&conn, "stdin").await.split().1)
+    } else {
+        None
+    };
+    let (stdout, _) = open(&conn, "stdout").await.split();
+    let stderr = if stderr {
+        Some(open(&conn, "stderr").await.split().0)
+    } else {
+        None
+    };
+    let resize = if resize {
+        Some(open(&conn, "resize").await.split().1)
+    } else {
+        None
+    };
+    Session {
+        conn,
+        error,
+        stdin,
+        stdout,
+        stderr,
+        resize,
+    }
+}
+
+async fn read_all(mut r: StreamReader) -> String {
+    let mut out = Vec::new();
+    tokio::time::timeout(Duration::from_secs(20), r.read_to_end(&mut out))
+        .await
+        .expect("stream ends in time")
+        .unwrap();
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Reads `r` until `needle` has arrived; returns everything read.
+async fn read_until(r: &mut StreamReader, needle: &str) -> String {
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while !String::from_utf8_lossy(&out).contains(needle) {
+        let n = tokio::time::timeout_at(deadline, r.read(&mut buf))
+            .await
+            .unwrap_or_else(|_| panic!("no {needle:?} in {:?}", String::from_utf8_lossy(&out)))
+            .unwrap();
+        assert!(
+            n > 0,
+            "EOF before {needle:?}: {:?}",
+            String::from_utf8_lossy(&out)
+        );
+        out.extend_from_slice(&buf[..n]);
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn status_of(error: &str) -> serde_json::Value {
+    serde_json::from_str(error).unwrap_or_else(|e| panic!("status {error:?}: {e}"))
+}
+
+fn procs_matching(needle: &str) -> usize {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter(|e| {
+            std::fs::read(e.path().join("cmdline"))
+                .map(|c| {
+                    String::from_utf8_lossy(&c)
+                        .replace('\0', " ")
+                        .contains(needle)
+                })
+                .unwrap_or(false)
+        })
+        .count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exec_streams_stdio_exit_codes_terminals_and_cleans_up() {
+    let env = Env::new().await;
+    let pod = env.pod("exec").await;
+    let id = env
+        .run(&pod, "main", &["sleep", "1000"], false, false)
+        .await;
+
+    // Pipes: stdin in, stdout and stderr apart, exit code 3 as a v4 status.
+    let url = env
+        .exec_url(
+            &id,
+            &[
+                "sh",
+                "-c",
+                "echo out; echo err >&2; read l; echo got:$l; exit 3",
+            ],
+            false,
+            true,
+        )
+        .await;
+    assert!(url.starts_with("http://127.0.0.1:"), "{url}");
+    let mut s = session(&url, true, true, false).await;
+    let mut stdin = s.stdin.take().unwrap();
+    stdin.write_all(b"hello\n").await.unwrap();
+    stdin.shutdown().await.unwrap();
+    let (out, err, status) = tokio::join!(
+        read_all(s.stdout),
+        read_all(s.stderr.take().unwrap()),
+        read_all(s.error)
+    );
+    assert_eq!(out, "out\ngot:hello\n");
+    assert_eq!(err, "err\n");
+    let status = status_of(&status);
+    assert_eq!(status["status"], "Failure", "{status}");
+    assert_eq!(status["reason"], "NonZeroExitCode");
+    assert_eq!(status["details"]["causes"][0]["reason"], "ExitCode");
+    assert_eq!(status["details"]["causes"][0]["message"], "3");
+
+    // Success is a Success status; a token works once.
+    let url = env.exec_url(&id, &["true"], false, false).await;
+    let s = session(&url, false, true, false).await;
+    let (out, status) = tokio::join!(read_all(s.stdout), read_all(s.error));
+    assert_eq!(out, "");
+    assert_eq!(status_of(&status)["status"], "Success");
+    let (head, conn) = upgrade(&url, &["v4.channel.k8s.io"]).await;
+    assert!(conn.is_none());
+    assert!(head.starts_with("HTTP/1.1 404"), "{head}");
+
+    // A terminal: the size from the resize channel, input echoed, \r\n line ends.
+    let url = env
+        .exec_url(
+            &id,
+            &["sh", "-c", "sleep 1; stty size; read l; echo [$l]"],
+            true,
+            true,
+        )
+        .await;
+    let mut s = session(&url, true, false, true).await;
+    let mut resize = s.resize.take().unwrap();
+    resize
+        .write_all(br#"{"Width":100,"Height":40}"#)
+        .await
+        .unwrap();
+    let seen = read_until(&mut s.stdout, "40 100").await;
+    assert!(seen.contains("40 100\r\n"), "{seen:?}");
+    let mut stdin = s.stdin.take().unwrap();
+    stdin.write_all(b"abc\n").await.unwrap();
+    let rest = read_all(s.stdout).await;
+    assert!(rest.contains("[abc]\r\n"), "{rest:?}");
+    assert_eq!(status_of(&read_all(s.error).await)["status"], "Success");
+
+    // A client that goes away: the exec'd process is killed.
+    let marker = "sleep 4242";
+    let url = env.exec_url(&id, &["sh", "-c", marker], false, false).await;
+    let s = session(&url, false, true, false).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while procs_matching(marker) == 0 {
+        assert!(std::time::Instant::now() < deadline, "exec never started");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    s.conn.close().await;
+    while procs_matching(marker) > 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the exec outlived its client"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // Bad requests name what is wrong.
+    let mut rt = env.rt().await;
+    let bad = |tty, stderr, stdout, cmd: &[&str]| cri::ExecRequest {
+        container_id: id.clone(),
+        cmd: cmd.iter().map(|s| s.to_string()).collect(),
+        tty,
+        stdin: false,
+        stdout,
+        stderr,
+    };
+    let e = rt.exec(bad(true, true, true, &["true"])).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::InvalidArgument);
+    assert!(e.message().contains("tty and stderr"), "{}", e.message());
+    let e = rt
+        .exec(bad(false, false, false, &["true"]))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::InvalidArgument);
+    let e = rt.exec(bad(false, false, true, &[])).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::InvalidArgument);
+    let mut missing = bad(false, false, true, &["true"]);
+    missing.container_id = "0123456789ab".into();
+    assert_eq!(
+        rt.exec(missing).await.unwrap_err().code(),
+        tonic::Code::NotFound
+    );
+    rt.stop_container(cri::StopContainerRequest {
+        container_id: id.clone(),
+        timeout: 0,
+    })
+    .await
+    .unwrap();
+    let e = rt
+        .exec(bad(false, false, true, &["true"]))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::FailedPrecondition);
+
+    // An unknown protocol is refused with the accepted ones.
+    let id = env
+        .run(&pod, "again", &["sleep", "1000"], false, false)
+        .await;
+    let url = env.exec_url(&id, &["true"], false, false).await;
+    let (head, conn) = upgrade(&url, &["v9.channel.k8s.io"]).await;
+    assert!(conn.is_none());
+    assert!(head.starts_with("HTTP/1.1 403"), "{head}");
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("x-accepted-stream-protocol-versions: v4.channel.k8s.io"),
+        "{head}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn attach_joins_the_containers_stdio_until_it_exits() {
+    let env = Env::new().await;
+    let pod = env.pod("attach").await;
+    let id = env
+        .run(
+            &pod,
+            "echo",
+            &[
+                "sh",
+                "-c",
+                "while read l; do echo echo:$l; [ $l = bye ] && exit 0; done",
+            ],
+            false,
+            true,
+        )
+        .await;
+    let url = env
+        .rt()
+        .await
+        .attach(cri::AttachRequest {
+            container_id: id.clone(),
+            stdin: true,
+            tty: false,
+            stdout: true,
+            stderr: true,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .url;
+    assert!(url.contains("/attach/"), "{url}");
+    let mut s = session(&url, true, true, false).await;
+    let mut stdin = s.stdin.take().unwrap();
+    stdin.write_all(b"hi\n").await.unwrap();
+    let seen = read_until(&mut s.stdout, "echo:hi\n").await;
+    assert_eq!(seen, "echo:hi\n");
+    stdin.write_all(b"bye\n").await.unwrap();
+    let (rest, status) = tokio::join!(read_all(s.stdout), read_all(s.error));
+    assert_eq!(rest, "echo:bye\n");
+    assert_eq!(status_of(&status)["status"], "Success");
+
+    // A terminal attach to a container without one is refused.
+    let id = env
+        .run(&pod, "plain", &["sleep", "1000"], false, false)
+        .await;
+    let e = env
+        .rt()
+        .await
+        .attach(cri::AttachRequest {
+            container_id: id,
+            stdin: false,
+            tty: true,
+            stdout: true,
+            stderr: false,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::InvalidArgument);
+}

@@ -1,0 +1,10 @@
+//! Streaming server for Exec/Attach/PortForward: protocols and sessions.
+//!
+//! `server` listens on `[api] stream_address:stream_port`, keeps each RPC's request under a
+//! single-use token ([`cache`]) and upgrades the client's connection to SPDY/3.1 ([`spdy`]);
+//! [`remotecommand`] runs exec and attach sessions (PortForward is not served yet).
+
+pub mod cache;
+pub mod remotecommand;
+pub mod server;
+pub mod spdy;

@@ -1,0 +1,246 @@
+//! The streaming HTTP server: `Exec`, `Attach` and `PortForward` return a URL on it; the client
+//! (kubelet's proxy, crictl) connects there and upgrades to SPDY/3.1.
+//!
+//! Owns the listener, the request cache, URL building and the upgrade handshake (protocol
+//! negotiation through `X-Stream-Protocol-Version`, as Kubernetes' `httpstream.Handshake`).
+//! Hands the upgraded connection to [`super::remotecommand`]. Must
+//! not run processes or enter namespaces itself.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use http_body_util::Full;
+use hyper::body::{Bytes, Incoming};
+use hyper::header::{HeaderValue, CONNECTION, UPGRADE};
+use hyper::{Request, Response, StatusCode};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use super::cache::{Pending, RequestCache};
+use super::spdy;
+use crate::app::Daemon;
+use crate::error::Result;
+
+/// `X-Stream-Protocol-Version`: offered by the client (once per protocol), chosen by the server.
+pub const PROTOCOL_HEADER: &str = "x-stream-protocol-version";
+/// Sent with a refusal: what the server supports.
+pub const ACCEPTED_PROTOCOLS_HEADER: &str = "x-accepted-stream-protocol-versions";
+
+/// Remote command protocols over SPDY, preferred first (v5 exists only over WebSocket).
+pub const REMOTECOMMAND_PROTOCOLS: [&str; 4] = [
+    "v4.channel.k8s.io",
+    "v3.channel.k8s.io",
+    "v2.channel.k8s.io",
+    "channel.k8s.io",
+];
+/// The port-forward protocol over SPDY.
+pub const PORTFORWARD_PROTOCOLS: [&str; 1] = ["portforward.k8s.io"];
+
+/// The streaming server's shared half: where it listens and what waits for a client.
+pub struct StreamServer {
+    addr: SocketAddr,
+    cache: RequestCache,
+}
+
+impl StreamServer {
+    pub fn new(addr: SocketAddr) -> Arc<Self> {
+        Arc::new(StreamServer {
+            addr,
+            cache: RequestCache::default(),
+        })
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Keeps `pending` for its client and returns the URL to connect to.
+    pub fn url(&self, pending: Pending) -> Result<String> {
+        let path = pending.path();
+        let token = self.cache.insert(pending)?;
+        Ok(format!("http://{}/{path}/{token}", self.addr))
+    }
+}
+
+/// Serves the streaming endpoint until `stop` turns true. Sessions already upgraded keep
+/// running until their client or process ends.
+pub async fn serve(listener: TcpListener, daemon: Arc<Daemon>, mut stop: watch::Receiver<bool>) {
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::warn!(error = %e, "streaming accept");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = crate::metrics::stopped(&mut stop) => return,
+        };
+        let daemon = daemon.clone();
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |req| {
+                let daemon = daemon.clone();
+                async move { Ok::<_, Infallible>(route(daemon, req, peer)) }
+            });
+            let io = hyper_util::rt::TokioIo::new(stream);
+            if let Err(e) = hyper::server::conn::http1::Builder::new()
+                .serve_connection(io, service)
+                .with_upgrades()
+                .await
+            {
+                tracing::debug!(error = %e, "streaming connection");
+            }
+        });
+    }
+}
+
+fn plain(status: StatusCode, text: impl Into<String>) -> Response<Full<Bytes>> {
+    let mut resp = Response::new(Full::new(Bytes::from(text.into() + "\n")));
+    *resp.status_mut() = status;
+    resp.headers_mut()
+        .insert("content-type", HeaderValue::from_static("text/plain"));
+    resp
+}
+
+/// Whether a comma-separated header holds `token` (case-insensitive).
+fn header_has(req: &Request<Incoming>, name: hyper::header::HeaderName, token: &str) -> bool {
+    req.headers().get_all(name).iter().any(|v| {
+        v.to_str().is_ok_and(|s| {
+            s.split(',')
+                .any(|part| part.trim().eq_ignore_ascii_case(token))
+        })
+    })
+}
+
+/// The first protocol the client offers that the server supports (Kubernetes' order). `""`
+/// when the client offers none (a legacy client); `None` when none matches.
+pub fn negotiate<'a>(offered: &[String], supported: &[&'a str]) -> Option<&'a str> {
+    if offered.is_empty() {
+        return Some("");
+    }
+    offered
+        .iter()
+        .find_map(|o| supported.iter().find(|s| **s == o.as_str()).copied())
+}
+
+fn route(
+    daemon: Arc<Daemon>,
+    mut req: Request<Incoming>,
+    peer: SocketAddr,
+) -> Response<Full<Bytes>> {
+    let path = req.uri().path().trim_matches('/').to_string();
+    let Some((kind, token)) = path.split_once('/') else {
+        return plain(StatusCode::NOT_FOUND, "not found");
+    };
+    if req.method() != hyper::Method::GET && req.method() != hyper::Method::POST {
+        return plain(StatusCode::METHOD_NOT_ALLOWED, "use GET or POST");
+    }
+    let Ok(streaming) = daemon.streaming() else {
+        return plain(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "streaming server not ready",
+        );
+    };
+    let Some(pending) = streaming.cache.take(token) else {
+        return plain(StatusCode::NOT_FOUND, "unknown or expired streaming token");
+    };
+    if pending.path() != kind {
+        return plain(StatusCode::NOT_FOUND, "unknown or expired streaming token");
+    }
+    if !header_has(&req, UPGRADE, "SPDY/3.1") {
+        let text = if header_has(&req, UPGRADE, "websocket") {
+            "WebSocket streaming is not supported by crius yet: upgrade to SPDY/3.1"
+        } else {
+            "this endpoint needs a connection upgrade to SPDY/3.1"
+        };
+        return plain(StatusCode::BAD_REQUEST, text);
+    }
+    let offered: Vec<String> = req
+        .headers()
+        .get_all(PROTOCOL_HEADER)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|s| s.split(',').map(|p| p.trim().to_string()))
+        .filter(|p| !p.is_empty())
+        .collect();
+    let supported: &[&str] = match pending {
+        Pending::PortForward(_) => &PORTFORWARD_PROTOCOLS,
+        _ => &REMOTECOMMAND_PROTOCOLS,
+    };
+    let Some(protocol) = negotiate(&offered, supported) else {
+        let mut resp = plain(
+            StatusCode::FORBIDDEN,
+            format!(
+                "unable to upgrade: unable to negotiate protocol: client supports {offered:?}, server accepts {supported:?}"
+            ),
+        );
+        if let Ok(v) = HeaderValue::from_str(&supported.join(", ")) {
+            resp.headers_mut().insert(ACCEPTED_PROTOCOLS_HEADER, v);
+        }
+        return resp;
+    };
+    let upgrade = hyper::upgrade::on(&mut req);
+    tracing::info!(%peer, kind, protocol, "streaming session");
+    tokio::spawn(async move {
+        let upgraded = match upgrade.await {
+            Ok(u) => u,
+            Err(e) => {
+                tracing::warn!(error = %e, "streaming upgrade failed");
+                return;
+            }
+        };
+        let (conn, streams) = spdy::Connection::server(hyper_util::rt::TokioIo::new(upgraded));
+        match pending {
+            Pending::Exec(r) => {
+                super::remotecommand::exec(daemon, r, protocol, conn, streams).await
+            }
+            Pending::Attach(r) => {
+                super::remotecommand::attach(daemon, r, protocol, conn, streams).await
+            }
+            Pending::PortForward(_) => conn.close().await,
+        }
+    });
+    let mut resp = Response::new(Full::new(Bytes::new()));
+    *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let headers = resp.headers_mut();
+    headers.insert(CONNECTION, HeaderValue::from_static("Upgrade"));
+    headers.insert(UPGRADE, HeaderValue::from_static("SPDY/3.1"));
+    if let Ok(v) = HeaderValue::from_str(protocol) {
+        if !protocol.is_empty() {
+            headers.insert(PROTOCOL_HEADER, v);
+        }
+    }
+    resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn negotiation_takes_the_clients_first_supported_protocol() {
+        let offered = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(
+            negotiate(
+                &offered(&[
+                    "v5.channel.k8s.io",
+                    "v4.channel.k8s.io",
+                    "v3.channel.k8s.io"
+                ]),
+                &REMOTECOMMAND_PROTOCOLS
+            ),
+            Some("v4.channel.k8s.io")
+        );
+        assert_eq!(
+            negotiate(&offered(&["channel.k8s.io"]), &REMOTECOMMAND_PROTOCOLS),
+            Some("channel.k8s.io")
+        );
+        assert_eq!(negotiate(&[], &PORTFORWARD_PROTOCOLS), Some(""));
+        assert_eq!(
+            negotiate(&offered(&["v4.channel.k8s.io"]), &PORTFORWARD_PROTOCOLS),
+            None
+        );
+    }
+}
