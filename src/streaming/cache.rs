@@ -1,4 +1,4 @@
-//! Pending streaming requests: what an Exec/Attach/PortForward RPC asked for, kept under a
+//! Pending streaming requests: what an Exec/Attach RPC asked for, kept under a
 //! random single-use token until the client connects to the URL the RPC returned.
 //!
 //! Tokens expire after [`TTL`] (kubelet connects at once) and at most [`MAX_PENDING`] wait at a
@@ -23,7 +23,6 @@ pub const MAX_PENDING: usize = 1000;
 pub enum Pending {
     Exec(cri::ExecRequest),
     Attach(cri::AttachRequest),
-    PortForward(cri::PortForwardRequest),
 }
 
 impl Pending {
@@ -32,7 +31,6 @@ impl Pending {
         match self {
             Pending::Exec(_) => "exec",
             Pending::Attach(_) => "attach",
-            Pending::PortForward(_) => "portforward",
         }
     }
 }
@@ -88,9 +86,7 @@ mod tests {
             }))
             .unwrap();
         assert_eq!(token.len(), 32);
-        let other = cache
-            .insert(Pending::PortForward(Default::default()))
-            .unwrap();
+        let other = cache.insert(Pending::Attach(Default::default())).unwrap();
         assert_ne!(token, other);
         match cache.take(&token) {
             Some(Pending::Exec(r)) => assert_eq!(r.container_id, "c"),

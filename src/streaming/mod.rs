@@ -1,4 +1,4 @@
-//! Streaming server for Exec/Attach/PortForward: protocols and sessions.
+//! Streaming server for Exec and Attach: protocols and sessions.
 //!
 //! `server` listens on `[api] stream_address:stream_port`, keeps each RPC's request under a
 //! single-use token ([`cache`]) and upgrades the client's connection to SPDY/3.1 ([`spdy`]);

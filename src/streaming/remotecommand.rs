@@ -229,17 +229,8 @@ async fn follow_resizes(mut resize: StreamReader, apply: impl Fn(TerminalSize) +
 }
 
 /// Copies `from` into `to` until EOF (or an error on either side), then half-closes `to`.
-pub(crate) async fn pump(mut from: impl AsyncRead + Unpin, mut to: impl AsyncWrite + Unpin) {
-    let mut buf = vec![0u8; 32 << 10];
-    loop {
-        let n = match from.read(&mut buf).await {
-            Ok(0) | Err(_) => break,
-            Ok(n) => n,
-        };
-        if to.write_all(&buf[..n]).await.is_err() {
-            break;
-        }
-    }
+pub(crate) async fn pump(from: impl AsyncRead + Unpin, mut to: impl AsyncWrite + Unpin) {
+    pump_open(from, &mut to).await;
     let _ = to.shutdown().await;
 }
 

@@ -1,4 +1,4 @@
-//! The streaming HTTP server: `Exec`, `Attach` and `PortForward` return a URL on it; the client
+//! The streaming HTTP server: `Exec` and `Attach` return a URL on it; the client
 //! (kubelet's proxy, crictl) connects there and upgrades to SPDY/3.1.
 //!
 //! Owns the listener, the request cache, URL building and the upgrade handshake (protocol
@@ -34,8 +34,6 @@ pub const REMOTECOMMAND_PROTOCOLS: [&str; 4] = [
     "v2.channel.k8s.io",
     "channel.k8s.io",
 ];
-/// The port-forward protocol over SPDY.
-pub const PORTFORWARD_PROTOCOLS: [&str; 1] = ["portforward.k8s.io"];
 
 /// The streaming server's shared half: where it listens and what waits for a client.
 pub struct StreamServer {
@@ -165,10 +163,7 @@ fn route(
         .flat_map(|s| s.split(',').map(|p| p.trim().to_string()))
         .filter(|p| !p.is_empty())
         .collect();
-    let supported: &[&str] = match pending {
-        Pending::PortForward(_) => &PORTFORWARD_PROTOCOLS,
-        _ => &REMOTECOMMAND_PROTOCOLS,
-    };
+    let supported: &[&str] = &REMOTECOMMAND_PROTOCOLS;
     let Some(protocol) = negotiate(&offered, supported) else {
         let mut resp = plain(
             StatusCode::FORBIDDEN,
@@ -199,7 +194,6 @@ fn route(
             Pending::Attach(r) => {
                 super::remotecommand::attach(daemon, r, protocol, conn, streams).await
             }
-            Pending::PortForward(_) => conn.close().await,
         }
     });
     let mut resp = Response::new(Full::new(Bytes::new()));
@@ -237,9 +231,9 @@ mod tests {
             negotiate(&offered(&["channel.k8s.io"]), &REMOTECOMMAND_PROTOCOLS),
             Some("channel.k8s.io")
         );
-        assert_eq!(negotiate(&[], &PORTFORWARD_PROTOCOLS), Some(""));
+        assert_eq!(negotiate(&[], &REMOTECOMMAND_PROTOCOLS), Some(""));
         assert_eq!(
-            negotiate(&offered(&["v4.channel.k8s.io"]), &PORTFORWARD_PROTOCOLS),
+            negotiate(&offered(&["v5.channel.k8s.io"]), &REMOTECOMMAND_PROTOCOLS),
             None
         );
     }
