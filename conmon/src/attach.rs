@@ -3,8 +3,10 @@
 //! Owns the listener and the attached clients. Every client receives all container output
 //! from the moment it connected, framed as `[1 byte stream id: 2 stdout, 3 stderr]
 //! [4 byte big-endian length][bytes]`; bytes a client sends are handed to the monitor as
-//! stdin input, unframed. Must never block the monitor: writes are non-blocking, and a client
-//! whose backlog exceeds [`MAX_BACKLOG`] is dropped rather than slowing the container down.
+//! stdin input, unframed. A client that half-closes (shuts down its write side) has finished
+//! its input but still gets output until it hangs up, as with CRI-O's conmon. Must never block
+//! the monitor: writes are non-blocking, and a client whose backlog exceeds [`MAX_BACKLOG`] is
+//! dropped rather than slowing the container down.
 
 use std::io::{self, IoSlice, Read, Write};
 use std::os::fd::{AsFd, BorrowedFd};
@@ -31,6 +33,8 @@ pub struct Attach {
 struct Client {
     stream: UnixStream,
     backlog: Vec<u8>,
+    /// The client shut down its write side: no more input, output still flows.
+    input_done: bool,
     dead: bool,
 }
 
@@ -40,7 +44,7 @@ pub enum Input {
     Data(usize),
     /// Nothing to read right now.
     None,
-    /// The client went away.
+    /// The client's input ended (a half-close or a hang-up).
     Closed,
 }
 
@@ -56,13 +60,14 @@ impl Attach {
         self.listener.as_fd()
     }
 
-    /// Clients to poll: (index, fd, whether output is queued).
-    pub fn clients(&self) -> impl Iterator<Item = (usize, BorrowedFd<'_>, bool)> {
+    /// Clients to poll: (index, fd, whether input may still come, whether output is queued).
+    /// A client whose input ended is still polled: a hang-up is reported without asking.
+    pub fn clients(&self) -> impl Iterator<Item = (usize, BorrowedFd<'_>, bool, bool)> {
         self.clients
             .iter()
             .enumerate()
             .filter(|(_, c)| !c.dead)
-            .map(|(i, c)| (i, c.stream.as_fd(), !c.backlog.is_empty()))
+            .map(|(i, c)| (i, c.stream.as_fd(), !c.input_done, !c.backlog.is_empty()))
     }
 
     pub fn accept(&mut self) {
@@ -71,6 +76,7 @@ impl Attach {
                 self.clients.push(Client {
                     stream,
                     backlog: Vec::new(),
+                    input_done: false,
                     dead: false,
                 });
             }
@@ -112,15 +118,19 @@ impl Attach {
         }
     }
 
-    /// Client `i` is readable: reads stdin input into `buf`.
+    /// Client `i` is readable: reads stdin input into `buf`. End of input is reported once; the
+    /// client stays for output until it hangs up.
     pub fn read(&mut self, i: usize, buf: &mut [u8]) -> Input {
         let Some(c) = self.clients.get_mut(i) else {
             return Input::None;
         };
+        if c.input_done {
+            return Input::None;
+        }
         loop {
             return match c.stream.read(buf) {
                 Ok(0) => {
-                    c.dead = true;
+                    c.input_done = true;
                     Input::Closed
                 }
                 Ok(n) => Input::Data(n),
@@ -233,6 +243,29 @@ mod tests {
             attach.broadcast(Stream::Stdout, &chunk);
         }
         assert_eq!(attach.sweep(), 2);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_half_closed_client_still_gets_output() {
+        let dir = std::env::temp_dir().join(format!("crius-attach-half-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("a.sock");
+        let mut attach = Attach::new(crate::control::bind(&path).unwrap());
+        let mut client = UnixStream::connect(&path).unwrap();
+        attach.accept();
+        client.write_all(b"in").unwrap();
+        client.shutdown(std::net::Shutdown::Write).unwrap();
+        let mut buf = [0u8; 16];
+        assert!(matches!(attach.read(0, &mut buf), Input::Data(2)));
+        assert!(matches!(attach.read(0, &mut buf), Input::Closed));
+        assert!(matches!(attach.read(0, &mut buf), Input::None));
+        assert!(attach.clients().all(|(_, _, reading, _)| !reading));
+        attach.broadcast(Stream::Stdout, b"out");
+        let mut got = [0u8; 8];
+        client.read_exact(&mut got).unwrap();
+        assert_eq!(&got, b"\x02\x00\x00\x00\x03out");
+        assert_eq!(attach.sweep(), 0);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

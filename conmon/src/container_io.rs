@@ -294,7 +294,8 @@ impl Stdin {
         self.flush();
     }
 
-    /// An attach client disconnected: with `--stdin-once`, the container's stdin ends.
+    /// An attach client finished its input (half-close) or disconnected: with `--stdin-once`,
+    /// the container's stdin ends.
     pub fn client_left(&mut self) {
         if !self.once || self.closed || self.file.is_none() {
             return;

@@ -212,8 +212,8 @@ impl Monitor {
                 Token::AttachListener,
             );
             let input = self.io.stdin.accepts_input();
-            for (i, fd, queued) in self.attach.clients() {
-                let mut events = if input { libc::POLLIN } else { 0 };
+            for (i, fd, reading, queued) in self.attach.clients() {
+                let mut events = if input && reading { libc::POLLIN } else { 0 };
                 if queued {
                     events |= libc::POLLOUT;
                 }
@@ -275,7 +275,9 @@ impl Monitor {
                 if revents & libc::POLLIN != 0 {
                     match self.attach.read(i, &mut self.buf) {
                         Input::Data(n) => self.io.stdin.write(&self.buf[..n]),
-                        Input::None | Input::Closed => {}
+                        // The client's input ended: with stdin-once, so does the container's.
+                        Input::Closed => self.io.stdin.client_left(),
+                        Input::None => {}
                     }
                 } else if revents & (libc::POLLHUP | libc::POLLERR) != 0 {
                     self.attach.hang_up(i);

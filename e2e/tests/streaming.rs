@@ -59,6 +59,19 @@ impl Env {
         tty: bool,
         stdin: bool,
     ) -> String {
+        self.run_with(pod, name, cmd, tty, stdin, false).await
+    }
+
+    /// Creates and starts a container running `cmd`, with stdin_once as given.
+    async fn run_with(
+        &self,
+        pod: &(String, cri::PodSandboxConfig),
+        name: &str,
+        cmd: &[&str],
+        tty: bool,
+        stdin: bool,
+        stdin_once: bool,
+    ) -> String {
         let config = cri::ContainerConfig {
             metadata: Some(cri::ContainerMetadata {
                 name: name.into(),
@@ -72,6 +85,7 @@ impl Env {
             log_path: format!("{name}.log"),
             tty,
             stdin,
+            stdin_once,
             linux: Some(cri::LinuxContainerConfig {
                 security_context: Some(cri::LinuxContainerSecurityContext {
                     namespace_options: Some(cri::NamespaceOption {
@@ -101,6 +115,37 @@ impl Env {
         .await
         .unwrap();
         id
+    }
+
+    async fn attach_url(&self, id: &str, stdin: bool) -> String {
+        self.rt()
+            .await
+            .attach(cri::AttachRequest {
+                container_id: id.into(),
+                stdin,
+                tty: false,
+                stdout: true,
+                stderr: true,
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .url
+    }
+
+    async fn container_state(&self, id: &str) -> i32 {
+        self.rt()
+            .await
+            .container_status(cri::ContainerStatusRequest {
+                container_id: id.into(),
+                verbose: false,
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .status
+            .unwrap()
+            .state
     }
 
     async fn exec_url(&self, id: &str, cmd: &[&str], tty: bool, stdin: bool) -> String {
@@ -473,4 +518,60 @@ async fn attach_joins_the_containers_stdio_until_it_exits() {
         .await
         .unwrap_err();
     assert_eq!(e.code(), tonic::Code::InvalidArgument);
+}
+
+/// Issue 11 item 1: `echo 'echo hello' | crictl attach -i` hung forever after `hello`. The end
+/// of the client's stdin ends the session: with stdin_once the container's stdin closes (and
+/// `sh` exits, ending its output), without it the session detaches and the container goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn attach_ends_when_the_clients_stdin_ends() {
+    let env = Env::new().await;
+    let pod = env.pod("attach-eof").await;
+
+    // critest's attach spec: `sh` with stdin and stdin_once, a line written, stdin closed.
+    let id = env.run_with(&pod, "once", &["sh"], false, true, true).await;
+    let mut s = session(&env.attach_url(&id, true).await, true, true, false).await;
+    let mut stdin = s.stdin.take().unwrap();
+    stdin.write_all(b"echo hello\n").await.unwrap();
+    stdin.shutdown().await.unwrap();
+    let (out, err, status) = tokio::join!(
+        read_all(s.stdout),
+        read_all(s.stderr.take().unwrap()),
+        read_all(s.error)
+    );
+    assert_eq!(out, "hello\n");
+    assert_eq!(err, "");
+    assert_eq!(status_of(&status)["status"], "Success");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while env.container_state(&id).await != cri::ContainerState::ContainerExited as i32 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "sh did not see the end of its stdin"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // Without stdin_once: the session ends, the container (and its stdin) goes on.
+    let id = env
+        .run_with(&pod, "many", &["sh"], false, true, false)
+        .await;
+    let mut s = session(&env.attach_url(&id, true).await, true, true, false).await;
+    let mut stdin = s.stdin.take().unwrap();
+    stdin.write_all(b"echo first\n").await.unwrap();
+    assert_eq!(read_until(&mut s.stdout, "first\n").await, "first\n");
+    stdin.shutdown().await.unwrap();
+    let (rest, status) = tokio::join!(read_all(s.stdout), read_all(s.error));
+    assert_eq!(rest, "");
+    assert_eq!(status_of(&status)["status"], "Success");
+    assert_eq!(
+        env.container_state(&id).await,
+        cri::ContainerState::ContainerRunning as i32
+    );
+    // A second client still reaches the same shell.
+    let mut s = session(&env.attach_url(&id, true).await, true, true, false).await;
+    let mut stdin = s.stdin.take().unwrap();
+    stdin.write_all(b"echo second\n").await.unwrap();
+    assert_eq!(read_until(&mut s.stdout, "second\n").await, "second\n");
+    stdin.write_all(b"exit 0\n").await.unwrap();
+    assert_eq!(status_of(&read_all(s.error).await)["status"], "Success");
 }

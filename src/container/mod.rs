@@ -69,6 +69,8 @@ pub struct AttachTarget {
     pub socket: PathBuf,
     pub monitor_dir: PathBuf,
     pub tty: bool,
+    /// The container's stdin closes when the first attach client's input ends.
+    pub stdin_once: bool,
 }
 
 /// A `ListContainers` filter.
@@ -1041,6 +1043,7 @@ impl Containers {
             socket: monitor::attach_socket(&rec.monitor_dir),
             monitor_dir: rec.monitor_dir.clone(),
             tty: rec.tty,
+            stdin_once: unb64::<cri::ContainerConfig>(&rec.config_pb).stdin_once,
         })
     }
 

@@ -358,18 +358,6 @@ async fn pump_open(mut from: impl AsyncRead + Unpin, mut to: impl AsyncWrite + U
     }
 }
 
-/// A reading and a writing handle on two descriptors of one unix socket.
-fn split_socket(
-    socket: tokio::net::UnixStream,
-) -> std::io::Result<(tokio::net::UnixStream, tokio::net::UnixStream)> {
-    let std = socket.into_std()?;
-    let other = std.try_clone()?;
-    Ok((
-        tokio::net::UnixStream::from_std(std)?,
-        tokio::net::UnixStream::from_std(other)?,
-    ))
-}
-
 /// `Attach`: joins the container's monitor attach socket.
 pub async fn attach(
     daemon: Arc<Daemon>,
@@ -418,15 +406,20 @@ async fn run_attach(
             ))
         }
     };
-    // Two descriptors of one socket: when stdin ends, its copy is closed without shutting the
-    // socket down (the monitor takes a shutdown for the client leaving; output must go on).
-    let (mut from_monitor, to_monitor) = match split_socket(socket) {
-        Ok(halves) => halves,
-        Err(e) => return Outcome::Failed(format!("attach socket: {e}")),
+    // When the client's stdin ends, the socket's write side is shut down: the monitor takes
+    // that as the end of this client's input (closing the container's stdin with stdin_once)
+    // and goes on sending output.
+    // Without stdin the write half stays open until the session ends: dropping it is a
+    // half-close, which would end the container's stdin with stdin_once.
+    let (mut from_monitor, to_monitor) = socket.into_split();
+    let mut _idle_write_half = None;
+    let stdin_done = match streams.stdin.take() {
+        Some(stdin) => Some(tokio::spawn(pump(stdin, to_monitor))),
+        None => {
+            _idle_write_half = Some(to_monitor);
+            None
+        }
     };
-    if let Some(stdin) = streams.stdin.take() {
-        tokio::spawn(pump_open(stdin, to_monitor));
-    }
     if let Some(resize) = streams.resize.take() {
         let dir = target.monitor_dir.clone();
         tokio::spawn(follow_resizes(resize, move |size| {
@@ -470,8 +463,21 @@ async fn run_attach(
         }
         Ok(())
     };
+    // As CRI-O: without stdin_once or a terminal, the end of the client's stdin detaches the
+    // session; otherwise output goes on until the container ends it (stdin_once closed its
+    // stdin) or the client leaves.
+    let detach_on_stdin_end = !target.stdin_once && !req.tty;
+    let stdin_ended = async {
+        match stdin_done {
+            Some(task) if detach_on_stdin_end => {
+                let _ = task.await;
+            }
+            _ => std::future::pending().await,
+        }
+    };
     let result = tokio::select! {
         r = copy => r,
+        () = stdin_ended => Ok(()),
         _ = conn.closed() => Err("the client went away".to_string()),
     };
     streams.stdout = stdout;
