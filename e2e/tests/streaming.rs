@@ -575,3 +575,259 @@ async fn attach_ends_when_the_clients_stdin_ends() {
     stdin.write_all(b"exit 0\n").await.unwrap();
     assert_eq!(status_of(&read_all(s.error).await)["status"], "Success");
 }
+
+impl Env {
+    async fn port_forward_url(&self, pod_id: &str) -> String {
+        self.rt()
+            .await
+            .port_forward(cri::PortForwardRequest {
+                pod_sandbox_id: pod_id.into(),
+                port: vec![],
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .url
+    }
+}
+
+/// One forwarded connection as client-go opens it: the error stream (its write side closed at
+/// once), then the data stream, both naming the port and the request id.
+struct Forwarded {
+    data_in: StreamReader,
+    data_out: StreamWriter,
+    error: StreamReader,
+}
+
+async fn forward(conn: &Connection, port: u16, request_id: u32) -> Forwarded {
+    let h = |kind: &str| {
+        headers(&[
+            ("streamtype", kind),
+            ("port", &port.to_string()),
+            ("requestid", &request_id.to_string()),
+        ])
+    };
+    let open = |kind: &str| {
+        let h = h(kind);
+        async move {
+            tokio::time::timeout(Duration::from_secs(10), conn.open(h))
+                .await
+                .expect("stream reply in time")
+                .unwrap()
+        }
+    };
+    let (error, mut error_w) = open("error").await.split();
+    error_w.shutdown().await.unwrap();
+    let (data_in, data_out) = open("data").await.split();
+    Forwarded {
+        data_in,
+        data_out,
+        error,
+    }
+}
+
+/// Forwards to `port` until a connect succeeds (the server in the pod may still be starting).
+async fn forward_when_listening(conn: &Connection, port: u16, next_id: &mut u32) -> Forwarded {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        *next_id += 1;
+        let mut f = forward(conn, port, *next_id).await;
+        // A refused connect shows on the error stream at once; a live one keeps it open.
+        let mut msg = Vec::new();
+        match tokio::time::timeout(Duration::from_millis(300), f.error.read_to_end(&mut msg)).await
+        {
+            Err(_) => return f,
+            Ok(_) if msg.is_empty() => return f,
+            Ok(_) => {
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "port {port} never listened: {}",
+                    String::from_utf8_lossy(&msg)
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+async fn pf_session(url: &str) -> Connection {
+    let (head, conn) = upgrade(url, &["portforward.k8s.io"]).await;
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("x-stream-protocol-version: portforward.k8s.io"),
+        "{head}"
+    );
+    conn.unwrap()
+}
+
+/// Sends `payload`, half-closes, and returns everything read until the pod's EOF.
+async fn echo_through(f: Forwarded, payload: Vec<u8>) -> (Vec<u8>, String) {
+    let Forwarded {
+        mut data_in,
+        mut data_out,
+        error,
+    } = f;
+    let send = async move {
+        data_out.write_all(&payload).await.unwrap();
+        data_out.shutdown().await.unwrap();
+    };
+    let recv = async {
+        let mut got = Vec::new();
+        tokio::time::timeout(Duration::from_secs(30), data_in.read_to_end(&mut got))
+            .await
+            .expect("echo in time")
+            .unwrap();
+        got
+    };
+    let ((), got, err) = tokio::join!(send, recv, read_all(error));
+    (got, err)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn port_forward_into_the_pod_network_namespace() {
+    let env = Env::new().await;
+    let pod = env.pod("pf").await;
+    // 7000: echo (one `cat` per connection); 7001: a greeting, then the server closes.
+    env.run(
+        &pod,
+        "echo",
+        &["nc", "-ll", "-p", "7000", "-e", "cat"],
+        false,
+        false,
+    )
+    .await;
+    env.run(
+        &pod,
+        "greet",
+        &["nc", "-ll", "-p", "7001", "-e", "echo", "hello from 7001"],
+        false,
+        false,
+    )
+    .await;
+    let conn = pf_session(&env.port_forward_url(&pod.0).await).await;
+    let mut id = 0;
+
+    // Data both ways, byte for byte, with the client's half-close passed on (cat ends on EOF).
+    let f = forward_when_listening(&conn, 7000, &mut id).await;
+    let payload: Vec<u8> = (0..(1u32 << 20)).map(|i| (i * 7 % 251) as u8).collect();
+    let (got, err) = echo_through(f, payload.clone()).await;
+    assert!(
+        got == payload,
+        "echo differs: {} of {} bytes",
+        got.len(),
+        payload.len()
+    );
+    assert_eq!(err, "", "no error on success");
+
+    // A refused port: the error names it, the session goes on.
+    id += 1;
+    let f = forward(&conn, 7999, id).await;
+    let (got, err) = echo_through(f, b"x".to_vec()).await;
+    assert!(got.is_empty());
+    assert!(
+        err.contains("7999") && err.to_lowercase().contains("refused"),
+        "{err}"
+    );
+
+    // Two ports at once, and several connections to one port concurrently.
+    let g = forward_when_listening(&conn, 7001, &mut id).await;
+    let mut echoes = Vec::new();
+    for n in 0..4u32 {
+        id += 1;
+        echoes.push(echo_through(
+            forward(&conn, 7000, id).await,
+            format!("connection {n}\n").into_bytes(),
+        ));
+    }
+    // The greeter closed its side first; the client may still send (half-close honoured).
+    let Forwarded {
+        mut data_in,
+        mut data_out,
+        error,
+    } = g;
+    let mut greeting = Vec::new();
+    data_in.read_to_end(&mut greeting).await.unwrap();
+    assert_eq!(greeting, b"hello from 7001\n");
+    assert_eq!(read_all(error).await, "");
+    let _ = data_out.write_all(b"late").await;
+    let results = futures_join_all(echoes).await;
+    for (n, (got, err)) in results.into_iter().enumerate() {
+        assert_eq!(String::from_utf8(got).unwrap(), format!("connection {n}\n"));
+        assert_eq!(err, "");
+    }
+
+    // The client leaves: the session ends (the next stream cannot be opened).
+    conn.close().await;
+    assert!(conn
+        .open(headers(&[("streamtype", "error")]))
+        .await
+        .is_err());
+
+    // Unknown and stopped pods.
+    let mut rt = env.rt().await;
+    let e = rt
+        .port_forward(cri::PortForwardRequest {
+            pod_sandbox_id: "0123456789abcdef".into(),
+            port: vec![],
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::NotFound, "{e:?}");
+    rt.stop_pod_sandbox(cri::StopPodSandboxRequest {
+        pod_sandbox_id: pod.0.clone(),
+    })
+    .await
+    .unwrap();
+    let e = rt
+        .port_forward(cri::PortForwardRequest {
+            pod_sandbox_id: pod.0.clone(),
+            port: vec![],
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::FailedPrecondition, "{e:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn port_forward_of_a_host_network_pod_reaches_the_host() {
+    let env = Env::new().await;
+    let mut req = pods::pod("pf-host");
+    pods::namespaces(&mut req).network = cri::NamespaceMode::Node as i32;
+    let pod_id = env
+        .rt()
+        .await
+        .run_pod_sandbox(req)
+        .await
+        .unwrap()
+        .into_inner()
+        .pod_sandbox_id;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let server = tokio::spawn(async move {
+        let (mut s, _) = listener.accept().await.unwrap();
+        let mut got = Vec::new();
+        s.read_to_end(&mut got).await.unwrap();
+        s.write_all(b"host saw: ").await.unwrap();
+        s.write_all(&got).await.unwrap();
+    });
+    let conn = pf_session(&env.port_forward_url(&pod_id).await).await;
+    let (got, err) = echo_through(forward(&conn, port, 1).await, b"ping".to_vec()).await;
+    assert_eq!(String::from_utf8(got).unwrap(), "host saw: ping");
+    assert_eq!(err, "");
+    server.await.unwrap();
+    conn.close().await;
+}
+
+/// Awaits every future (the e2e crate has no `futures` dependency).
+async fn futures_join_all<F: std::future::Future>(futs: Vec<F>) -> Vec<F::Output>
+where
+    F: Send + 'static,
+    F::Output: Send + 'static,
+{
+    let handles: Vec<_> = futs.into_iter().map(tokio::spawn).collect();
+    let mut out = Vec::new();
+    for h in handles {
+        out.push(h.await.unwrap());
+    }
+    out
+}

@@ -14,6 +14,7 @@
 pub mod files;
 pub mod infra;
 pub mod network;
+pub mod port_forward;
 pub mod record;
 pub mod rollback;
 pub mod spec;

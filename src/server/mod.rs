@@ -115,7 +115,8 @@ cri_service! {
     exec_sync(ExecSyncRequest) -> ExecSyncResponse, "ExecSync" => runtime::exec_sync::exec_sync;
     exec(ExecRequest) -> ExecResponse, "Exec" => runtime::exec::exec;
     attach(AttachRequest) -> AttachResponse, "Attach" => runtime::attach::attach;
-    port_forward(PortForwardRequest) -> PortForwardResponse, "PortForward" => unimplemented;
+    port_forward(PortForwardRequest) -> PortForwardResponse, "PortForward"
+        => runtime::port_forward::port_forward;
     container_stats(ContainerStatsRequest) -> ContainerStatsResponse, "ContainerStats"
         => runtime::container_stats::container_stats;
     list_container_stats(ListContainerStatsRequest) -> ListContainerStatsResponse,

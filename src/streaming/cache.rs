@@ -1,4 +1,4 @@
-//! Pending streaming requests: what an Exec/Attach RPC asked for, kept under a
+//! Pending streaming requests: what an Exec/Attach/PortForward RPC asked for, kept under a
 //! random single-use token until the client connects to the URL the RPC returned.
 //!
 //! Tokens expire after [`TTL`] (kubelet connects at once) and at most [`MAX_PENDING`] wait at a
@@ -23,6 +23,7 @@ pub const MAX_PENDING: usize = 1000;
 pub enum Pending {
     Exec(cri::ExecRequest),
     Attach(cri::AttachRequest),
+    PortForward(cri::PortForwardRequest),
 }
 
 impl Pending {
@@ -31,6 +32,7 @@ impl Pending {
         match self {
             Pending::Exec(_) => "exec",
             Pending::Attach(_) => "attach",
+            Pending::PortForward(_) => "portforward",
         }
     }
 }

@@ -1,9 +1,9 @@
-//! The streaming HTTP server: `Exec` and `Attach` return a URL on it; the client
+//! The streaming HTTP server: `Exec`, `Attach` and `PortForward` return a URL on it; the client
 //! (kubelet's proxy, crictl) connects there and upgrades to SPDY/3.1.
 //!
 //! Owns the listener, the request cache, URL building and the upgrade handshake (protocol
 //! negotiation through `X-Stream-Protocol-Version`, as Kubernetes' `httpstream.Handshake`).
-//! Hands the upgraded connection to [`super::remotecommand`]. Must
+//! Hands the upgraded connection to [`super::remotecommand`] or [`super::portforward`]. Must
 //! not run processes or enter namespaces itself.
 
 use std::convert::Infallible;
@@ -34,6 +34,8 @@ pub const REMOTECOMMAND_PROTOCOLS: [&str; 4] = [
     "v2.channel.k8s.io",
     "channel.k8s.io",
 ];
+/// The port-forward protocol over SPDY.
+pub const PORTFORWARD_PROTOCOLS: [&str; 1] = ["portforward.k8s.io"];
 
 /// The streaming server's shared half: where it listens and what waits for a client.
 pub struct StreamServer {
@@ -163,7 +165,10 @@ fn route(
         .flat_map(|s| s.split(',').map(|p| p.trim().to_string()))
         .filter(|p| !p.is_empty())
         .collect();
-    let supported: &[&str] = &REMOTECOMMAND_PROTOCOLS;
+    let supported: &[&str] = match pending {
+        Pending::PortForward(_) => &PORTFORWARD_PROTOCOLS,
+        _ => &REMOTECOMMAND_PROTOCOLS,
+    };
     let Some(protocol) = negotiate(&offered, supported) else {
         let mut resp = plain(
             StatusCode::FORBIDDEN,
@@ -194,6 +199,7 @@ fn route(
             Pending::Attach(r) => {
                 super::remotecommand::attach(daemon, r, protocol, conn, streams).await
             }
+            Pending::PortForward(r) => super::portforward::serve(daemon, r, conn, streams).await,
         }
     });
     let mut resp = Response::new(Full::new(Bytes::new()));

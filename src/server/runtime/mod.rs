@@ -15,6 +15,7 @@ pub mod list_pod_sandbox_stats;
 pub mod pod_sandbox;
 pub mod pod_sandbox_stats;
 pub mod pod_sandbox_status;
+pub mod port_forward;
 pub mod remove_container;
 pub mod remove_pod_sandbox;
 pub mod reopen_container_log;
