@@ -29,7 +29,7 @@ use crate::sandbox::network::CniNetwork;
 use crate::sandbox::{Sandboxes, Settings as SandboxSettings};
 use crate::server::CriService;
 use crate::store::{Collection, Record};
-use crate::streaming::server::StreamServer;
+use crate::streaming::server::{StreamServer, StreamSettings};
 use crius_cni::watch::ConfDir;
 
 /// How long in-flight RPCs may run after a shutdown signal.
@@ -410,17 +410,19 @@ pub async fn run(
     daemon: Arc<Daemon>,
     listener: UnixListener,
     metrics_listener: Option<TcpListener>,
-    stream_listener: Option<TcpListener>,
+    stream_listener: Option<(TcpListener, StreamSettings)>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), tonic::transport::Error> {
     let (stop_tx, stop_rx) = watch::channel(false);
 
-    if let Some(l) = stream_listener {
+    if let Some((l, settings)) = stream_listener {
         match l.local_addr() {
             Ok(addr) => {
-                let _ = daemon.streaming.set(StreamServer::new(addr));
+                let server = StreamServer::new(addr, settings);
+                let _ = daemon.streaming.set(server.clone());
                 tokio::spawn(crate::streaming::server::serve(
                     l,
+                    server,
                     daemon.clone(),
                     stop_rx.clone(),
                 ));

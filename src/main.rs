@@ -168,6 +168,9 @@ fn serve(cfg: config::Config, sources: Sources) -> anyhow::Result<()> {
             )
         })?;
 
+        // Read the streaming TLS files before anything is bound.
+        let stream_settings = crius::streaming::server::StreamSettings::from_config(&cfg.api)
+            .map_err(anyhow::Error::msg)?;
         let listener = socket::bind(&cfg.api.listen)?;
         let metrics_listener = if cfg.metrics.enabled {
             let addr = cfg.metrics.address.clone();
@@ -210,7 +213,7 @@ fn serve(cfg: config::Config, sources: Sources) -> anyhow::Result<()> {
             daemon,
             listener,
             metrics_listener,
-            Some(stream_listener),
+            Some((stream_listener, stream_settings)),
             shutdown_signal(),
         )
         .await;

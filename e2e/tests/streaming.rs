@@ -831,3 +831,220 @@ where
     }
     out
 }
+
+fn open_fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .count()
+}
+
+/// Issue 13: 200 connections that sent half a request head stayed open for minutes, each
+/// holding a descriptor of the daemon. Now the HTTP phase has a deadline; sessions idle out
+/// (`stream_idle_timeout`) and are capped (`stream_max_sessions`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streaming_server_drops_half_sent_requests_idles_out_and_caps_sessions() {
+    let port = crius_e2e::daemon::free_port();
+    let BusyboxDaemon { d, net, image } = BusyboxDaemon::start(Options {
+        drop_in: format!(
+            "[api]\nstream_port = {port}\nstream_idle_timeout = \"3s\"\nstream_max_sessions = 2\n"
+        ),
+        ..Default::default()
+    })
+    .await;
+    let env = Env {
+        d,
+        _net: net,
+        image,
+    };
+    let pid = env.d.pid().unwrap();
+    let addr = format!("127.0.0.1:{port}");
+
+    // 200 half-sent requests: every one is closed within 10 s, the descriptors come back.
+    let before = open_fds(pid);
+    let start = std::time::Instant::now();
+    let mut clients = Vec::new();
+    for i in 0..200 {
+        let addr = addr.clone();
+        clients.push(tokio::spawn(async move {
+            let mut tcp = TcpStream::connect(&addr).await.unwrap();
+            let half = format!("POST /exec/{i:032} HTTP/1.1\r\nHost: {addr}\r\nConnection: Upg");
+            tcp.write_all(half.as_bytes()).await.unwrap();
+            let mut buf = [0u8; 1024];
+            loop {
+                match tokio::time::timeout(Duration::from_secs(10), tcp.read(&mut buf)).await {
+                    Ok(Ok(0)) | Ok(Err(_)) => return true,
+                    Ok(Ok(_)) => continue,
+                    Err(_) => return false,
+                }
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        open_fds(pid) >= before + 150,
+        "the connections were not accepted"
+    );
+    for c in clients {
+        assert!(c.await.unwrap(), "a half-sent request was kept open");
+    }
+    assert!(
+        start.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        start.elapsed()
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while open_fds(pid) > before + 2 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "descriptors: {} before, {} now",
+            before,
+            open_fds(pid)
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // At most two sessions; the third gets 503 and its token stays usable.
+    let pod = env.pod("limits").await;
+    let id = env
+        .run(&pod, "main", &["sleep", "1000"], false, false)
+        .await;
+    let ticking = ["sh", "-c", "while true; do echo x; sleep 1; done"];
+    let a = session(
+        &env.exec_url(&id, &ticking, false, false).await,
+        false,
+        true,
+        false,
+    )
+    .await;
+    let b = session(
+        &env.exec_url(&id, &ticking, false, false).await,
+        false,
+        true,
+        false,
+    )
+    .await;
+    let url = env.exec_url(&id, &ticking, false, false).await;
+    let (head, conn) = upgrade(&url, &["v4.channel.k8s.io"]).await;
+    assert!(conn.is_none());
+    assert!(head.starts_with("HTTP/1.1 503"), "{head}");
+    a.conn.close().await;
+    drop(b);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let (head, conn) = upgrade(&url, &["v4.channel.k8s.io"]).await;
+        if let Some(conn) = conn {
+            conn.close().await;
+            break;
+        }
+        assert!(head.starts_with("HTTP/1.1 503"), "{head}");
+        assert!(std::time::Instant::now() < deadline, "sessions never freed");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // A session without traffic ends after stream_idle_timeout; its process is killed.
+    let marker = "sleep 4343";
+    let s = session(
+        &env.exec_url(&id, &["sh", "-c", marker], false, false).await,
+        false,
+        true,
+        false,
+    )
+    .await;
+    let idle_start = std::time::Instant::now();
+    tokio::time::timeout(Duration::from_secs(15), s.conn.closed())
+        .await
+        .expect("the idle session was closed");
+    let idled = idle_start.elapsed();
+    assert!(
+        idled >= Duration::from_secs(2),
+        "closed too early: {idled:?}"
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while procs_matching(marker) > 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the idle exec outlived its session"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// `stream_tls_cert`/`stream_tls_key`: the streaming server speaks HTTPS and its URLs say so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streaming_server_serves_tls_when_configured() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = (dir.path().join("tls.crt"), dir.path().join("tls.key"));
+    let out = std::process::Command::new("openssl")
+        .args([
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+        ])
+        .args([
+            "-subj",
+            "/CN=127.0.0.1",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+        ])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let port = crius_e2e::daemon::free_port();
+    let BusyboxDaemon { d, net, image } = BusyboxDaemon::start(Options {
+        drop_in: format!(
+            "[api]\nstream_port = {port}\nstream_tls_cert = {cert:?}\nstream_tls_key = {key:?}\n"
+        ),
+        ..Default::default()
+    })
+    .await;
+    let env = Env {
+        d,
+        _net: net,
+        image,
+    };
+    let pod = env.pod("tls").await;
+    let id = env
+        .run(&pod, "main", &["sleep", "1000"], false, false)
+        .await;
+    let url = env.exec_url(&id, &["true"], false, false).await;
+    assert!(
+        url.starts_with(&format!("https://127.0.0.1:{port}/exec/")),
+        "{url}"
+    );
+    // A real TLS client (curl, verifying against the certificate) reaches the server; the
+    // token is consumed without an upgrade, a second use is unknown.
+    let curl = |url: &str| {
+        let out = std::process::Command::new("curl")
+            .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "--cacert"])
+            .arg(&cert)
+            .arg(url)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert_eq!(curl(&url), "400");
+    assert_eq!(curl(&url), "404");
+    // Plain HTTP on the TLS port gets nowhere.
+    let plain = url.replacen("https://", "http://", 1);
+    let (head, conn) = tokio::time::timeout(Duration::from_secs(10), async {
+        let rest = plain.strip_prefix("http://").unwrap();
+        let (host, _) = rest.split_once('/').unwrap();
+        let mut tcp = TcpStream::connect(host).await.unwrap();
+        tcp.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let mut buf = Vec::new();
+        let _ = tcp.read_to_end(&mut buf).await;
+        (String::from_utf8_lossy(&buf).into_owned(), ())
+    })
+    .await
+    .expect("closed in time");
+    let () = conn;
+    assert!(!head.starts_with("HTTP/1.1 "), "{head}");
+}

@@ -36,6 +36,58 @@ pub struct ApiConfig {
     pub stream_address: String,
     /// Port of the streaming server; 0 picks a free one.
     pub stream_port: u16,
+    /// A streaming session with no traffic for this long is closed (`"4h"`, `"30m"`, `"90s"`,
+    /// `"1h30m"`); `"0"` never closes one. See [`parse_duration`].
+    pub stream_idle_timeout: String,
+    /// Most streaming sessions (exec, attach, port-forward) at once; more get HTTP 503.
+    pub stream_max_sessions: usize,
+    /// PEM certificate chain of the streaming server; with `stream_tls_key`, it serves HTTPS.
+    /// Empty: plain HTTP.
+    pub stream_tls_cert: PathBuf,
+    /// PEM private key of `stream_tls_cert`.
+    pub stream_tls_key: PathBuf,
+}
+
+/// Parses a duration as a sequence of numbers with units `h`, `m`, `s`, `ms` (`"4h"`,
+/// `"1h30m"`, `"90s"`, `"250ms"`); a bare `"0"` is zero.
+pub fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
+    let text = text.trim();
+    if text == "0" {
+        return Ok(std::time::Duration::ZERO);
+    }
+    if text.is_empty() {
+        return Err("empty duration".into());
+    }
+    let mut total_ms: u64 = 0;
+    let mut rest = text;
+    while !rest.is_empty() {
+        let digits = rest.len() - rest.trim_start_matches(|c: char| c.is_ascii_digit()).len();
+        if digits == 0 {
+            return Err(format!("{text:?}: expected a number at {rest:?}"));
+        }
+        let value: u64 = rest[..digits]
+            .parse()
+            .map_err(|_| format!("{text:?}: number too large"))?;
+        rest = &rest[digits..];
+        let unit_len = rest.len()
+            - rest
+                .trim_start_matches(|c: char| c.is_ascii_alphabetic())
+                .len();
+        let per_unit = match &rest[..unit_len] {
+            "h" => 3_600_000,
+            "m" => 60_000,
+            "s" => 1_000,
+            "ms" => 1,
+            "" => return Err(format!("{text:?}: a unit (h, m, s, ms) is required")),
+            other => return Err(format!("{text:?}: unknown unit {other:?}")),
+        };
+        rest = &rest[unit_len..];
+        total_ms = value
+            .checked_mul(per_unit)
+            .and_then(|ms| total_ms.checked_add(ms))
+            .ok_or_else(|| format!("{text:?}: too long"))?;
+    }
+    Ok(std::time::Duration::from_millis(total_ms))
 }
 
 /// `[state]`: where state lives.
@@ -172,6 +224,10 @@ impl Default for ApiConfig {
             listen: PathBuf::from("/run/crius/crius.sock"),
             stream_address: "127.0.0.1".into(),
             stream_port: 0,
+            stream_idle_timeout: "4h".into(),
+            stream_max_sessions: 1000,
+            stream_tls_cert: PathBuf::new(),
+            stream_tls_key: PathBuf::new(),
         }
     }
 }

@@ -204,3 +204,44 @@ fn explicit_missing_main_file_is_an_error() {
     sources.file_required = true;
     assert!(matches!(load(&sources), Err(ConfigError::Read { .. })));
 }
+
+#[test]
+fn durations_parse_like_go_durations() {
+    use std::time::Duration;
+    assert_eq!(parse_duration("4h").unwrap(), Duration::from_secs(4 * 3600));
+    assert_eq!(parse_duration("1h30m").unwrap(), Duration::from_secs(5400));
+    assert_eq!(parse_duration("90s").unwrap(), Duration::from_secs(90));
+    assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
+    assert_eq!(parse_duration("0").unwrap(), Duration::ZERO);
+    for bad in ["", "4", "h", "4d", "1h30", "-1s", "99999999999999999999h"] {
+        assert!(parse_duration(bad).is_err(), "{bad:?}");
+    }
+}
+
+#[test]
+fn streaming_limits_and_tls_are_validated() {
+    let env = Env::new();
+    env.main_file("[api]\nstream_idle_timeout = \"4 hours\"\n");
+    let err = env.load().unwrap_err().to_string();
+    assert!(err.contains("api.stream_idle_timeout"), "{err}");
+    let env = Env::new();
+    env.main_file("[api]\nstream_max_sessions = 0\n");
+    let err = env.load().unwrap_err().to_string();
+    assert!(err.contains("api.stream_max_sessions"), "{err}");
+    let env = Env::new();
+    env.main_file("[api]\nstream_tls_cert = \"/etc/crius/stream.crt\"\n");
+    let err = env.load().unwrap_err().to_string();
+    assert!(err.contains("api.stream_tls_key"), "{err}");
+    let env = Env::new();
+    env.main_file(
+        "[api]\nstream_tls_cert = \"stream.crt\"\nstream_tls_key = \"/etc/crius/stream.key\"\n",
+    );
+    let err = env.load().unwrap_err().to_string();
+    assert!(err.contains("api.stream_tls_cert"), "{err}");
+    let env = Env::new();
+    env.main_file(
+        "[api]\nstream_idle_timeout = \"30m\"\nstream_tls_cert = \"/etc/crius/stream.crt\"\nstream_tls_key = \"/etc/crius/stream.key\"\n",
+    );
+    let cfg = env.load().unwrap();
+    assert_eq!(cfg.api.stream_idle_timeout, "30m");
+}

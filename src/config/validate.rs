@@ -39,6 +39,24 @@ impl Config {
                 format!("{:?} is not an IP address", self.api.stream_address),
             );
         }
+        if let Err(e) = super::parse_duration(&self.api.stream_idle_timeout) {
+            return fail("api.stream_idle_timeout", e);
+        }
+        if self.api.stream_max_sessions == 0 {
+            return fail("api.stream_max_sessions", "must be at least 1");
+        }
+        match (
+            self.api.stream_tls_cert.as_os_str().is_empty(),
+            self.api.stream_tls_key.as_os_str().is_empty(),
+        ) {
+            (true, true) => {}
+            (false, false) => {
+                absolute("api.stream_tls_cert", &self.api.stream_tls_cert)?;
+                absolute("api.stream_tls_key", &self.api.stream_tls_key)?;
+            }
+            (true, false) => return fail("api.stream_tls_cert", "is required with stream_tls_key"),
+            (false, true) => return fail("api.stream_tls_key", "is required with stream_tls_cert"),
+        }
 
         absolute("state.root", &self.state.root)?;
         absolute("state.runroot", &self.state.runroot)?;

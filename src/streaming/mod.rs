@@ -5,7 +5,9 @@
 //! [`remotecommand`] runs exec and attach sessions, [`portforward`] port-forward sessions.
 
 pub mod cache;
+pub mod idle;
 pub mod portforward;
 pub mod remotecommand;
 pub mod server;
 pub mod spdy;
+pub mod tls;

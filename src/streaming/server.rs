@@ -2,24 +2,31 @@
 //! (kubelet's proxy, crictl) connects there and upgrades to SPDY/3.1.
 //!
 //! Owns the listener, the request cache, URL building and the upgrade handshake (protocol
-//! negotiation through `X-Stream-Protocol-Version`, as Kubernetes' `httpstream.Handshake`).
+//! negotiation through `X-Stream-Protocol-Version`, as Kubernetes' `httpstream.Handshake`), and
+//! the limits that keep it standing under abuse: one deadline for a connection's whole HTTP
+//! phase ([`REQUEST_HEAD_TIMEOUT`], TLS handshake included), at most [`MAX_HTTP_CONNECTIONS`] in
+//! that phase, `api.stream_max_sessions` sessions, and the idle timeout of every session.
 //! Hands the upgraded connection to [`super::remotecommand`] or [`super::portforward`]. Must
 //! not run processes or enter namespaces itself.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use http_body_util::Full;
 use hyper::body::{Bytes, Incoming};
 use hyper::header::{HeaderValue, CONNECTION, UPGRADE};
 use hyper::{Request, Response, StatusCode};
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::sync::{watch, Semaphore};
+use tokio_rustls::TlsAcceptor;
 
 use super::cache::{Pending, RequestCache};
+use super::idle::IdleTimeout;
 use super::spdy;
 use crate::app::Daemon;
+use crate::config::ApiConfig;
 use crate::error::Result;
 
 /// `X-Stream-Protocol-Version`: offered by the client (once per protocol), chosen by the server.
@@ -37,17 +44,71 @@ pub const REMOTECOMMAND_PROTOCOLS: [&str; 4] = [
 /// The port-forward protocol over SPDY.
 pub const PORTFORWARD_PROTOCOLS: [&str; 1] = ["portforward.k8s.io"];
 
+/// How long a client has, from connecting, to send its request head (and finish the TLS
+/// handshake): slow or half-sent requests are dropped after this.
+pub const REQUEST_HEAD_TIMEOUT: Duration = Duration::from_secs(5);
+/// Connections still in their HTTP phase (before the upgrade) at once; more are closed at once.
+pub const MAX_HTTP_CONNECTIONS: usize = 512;
+
+/// How the streaming server treats its clients (`[api] stream_*`).
+#[derive(Clone)]
+pub struct StreamSettings {
+    /// No traffic this long ends a session; zero: never.
+    pub idle_timeout: Duration,
+    /// Sessions at once.
+    pub max_sessions: usize,
+    /// HTTPS when set.
+    pub tls: Option<TlsAcceptor>,
+}
+
+impl StreamSettings {
+    /// From a validated config; reads the TLS files (errors name them).
+    pub fn from_config(api: &ApiConfig) -> std::result::Result<StreamSettings, String> {
+        let idle_timeout = crate::config::parse_duration(&api.stream_idle_timeout)
+            .map_err(|e| format!("api.stream_idle_timeout: {e}"))?;
+        let tls = if api.stream_tls_cert.as_os_str().is_empty() {
+            None
+        } else {
+            Some(super::tls::acceptor(
+                &api.stream_tls_cert,
+                &api.stream_tls_key,
+            )?)
+        };
+        Ok(StreamSettings {
+            idle_timeout,
+            max_sessions: api.stream_max_sessions,
+            tls,
+        })
+    }
+}
+
+impl Default for StreamSettings {
+    fn default() -> Self {
+        StreamSettings {
+            idle_timeout: Duration::from_secs(4 * 3600),
+            max_sessions: 1000,
+            tls: None,
+        }
+    }
+}
+
 /// The streaming server's shared half: where it listens and what waits for a client.
 pub struct StreamServer {
     addr: SocketAddr,
     cache: RequestCache,
+    settings: StreamSettings,
+    sessions: Arc<Semaphore>,
+    http_connections: Arc<Semaphore>,
 }
 
 impl StreamServer {
-    pub fn new(addr: SocketAddr) -> Arc<Self> {
+    pub fn new(addr: SocketAddr, settings: StreamSettings) -> Arc<Self> {
         Arc::new(StreamServer {
             addr,
             cache: RequestCache::default(),
+            sessions: Arc::new(Semaphore::new(settings.max_sessions)),
+            http_connections: Arc::new(Semaphore::new(MAX_HTTP_CONNECTIONS)),
+            settings,
         })
     }
 
@@ -55,17 +116,32 @@ impl StreamServer {
         self.addr
     }
 
+    /// Sessions running now.
+    pub fn sessions(&self) -> usize {
+        self.settings.max_sessions - self.sessions.available_permits()
+    }
+
     /// Keeps `pending` for its client and returns the URL to connect to.
     pub fn url(&self, pending: Pending) -> Result<String> {
         let path = pending.path();
         let token = self.cache.insert(pending)?;
-        Ok(format!("http://{}/{path}/{token}", self.addr))
+        let scheme = if self.settings.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        Ok(format!("{scheme}://{}/{path}/{token}", self.addr))
     }
 }
 
 /// Serves the streaming endpoint until `stop` turns true. Sessions already upgraded keep
-/// running until their client or process ends.
-pub async fn serve(listener: TcpListener, daemon: Arc<Daemon>, mut stop: watch::Receiver<bool>) {
+/// running until their client or process ends (or they idle out).
+pub async fn serve(
+    listener: TcpListener,
+    server: Arc<StreamServer>,
+    daemon: Arc<Daemon>,
+    mut stop: watch::Receiver<bool>,
+) {
     loop {
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -78,21 +154,51 @@ pub async fn serve(listener: TcpListener, daemon: Arc<Daemon>, mut stop: watch::
             },
             _ = crate::metrics::stopped(&mut stop) => return,
         };
+        let Ok(permit) = server.http_connections.clone().try_acquire_owned() else {
+            tracing::debug!(%peer, "too many streaming connections in their HTTP phase; closed");
+            continue;
+        };
         let daemon = daemon.clone();
+        let server = server.clone();
         tokio::spawn(async move {
-            let service = hyper::service::service_fn(move |req| {
-                let daemon = daemon.clone();
-                async move { Ok::<_, Infallible>(route(daemon, req, peer)) }
-            });
-            let io = hyper_util::rt::TokioIo::new(stream);
-            if let Err(e) = hyper::server::conn::http1::Builder::new()
-                .serve_connection(io, service)
-                .with_upgrades()
+            // The whole HTTP phase (TLS handshake, request head, response) has one deadline; an
+            // upgraded session lives on after it.
+            let phase = async {
+                match &server.settings.tls {
+                    Some(tls) => match tls.accept(stream).await {
+                        Ok(s) => http_phase(s, daemon, peer).await,
+                        Err(e) => tracing::debug!(%peer, error = %e, "streaming TLS handshake"),
+                    },
+                    None => http_phase(stream, daemon, peer).await,
+                }
+            };
+            if tokio::time::timeout(REQUEST_HEAD_TIMEOUT, phase)
                 .await
+                .is_err()
             {
-                tracing::debug!(error = %e, "streaming connection");
+                tracing::debug!(%peer, "streaming request not complete in time; closed");
             }
+            drop(permit);
         });
+    }
+}
+
+/// One HTTP/1.1 request (no keep-alive), upgraded or answered.
+async fn http_phase<IO>(io: IO, daemon: Arc<Daemon>, peer: SocketAddr)
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
+{
+    let service = hyper::service::service_fn(move |req| {
+        let daemon = daemon.clone();
+        async move { Ok::<_, Infallible>(route(daemon, req, peer)) }
+    });
+    if let Err(e) = hyper::server::conn::http1::Builder::new()
+        .keep_alive(false)
+        .serve_connection(hyper_util::rt::TokioIo::new(io), service)
+        .with_upgrades()
+        .await
+    {
+        tracing::debug!(error = %e, "streaming connection");
     }
 }
 
@@ -143,6 +249,16 @@ fn route(
             "streaming server not ready",
         );
     };
+    let Ok(session) = streaming.sessions.clone().try_acquire_owned() else {
+        return plain(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "{} streaming sessions are running (api.stream_max_sessions); retry later",
+                streaming.settings.max_sessions
+            ),
+        );
+    };
+    let idle_timeout = streaming.settings.idle_timeout;
     let Some(pending) = streaming.cache.take(token) else {
         return plain(StatusCode::NOT_FOUND, "unknown or expired streaming token");
     };
@@ -191,7 +307,8 @@ fn route(
                 return;
             }
         };
-        let (conn, streams) = spdy::Connection::server(hyper_util::rt::TokioIo::new(upgraded));
+        let io = IdleTimeout::new(hyper_util::rt::TokioIo::new(upgraded), idle_timeout);
+        let (conn, streams) = spdy::Connection::server(io);
         match pending {
             Pending::Exec(r) => {
                 super::remotecommand::exec(daemon, r, protocol, conn, streams).await
@@ -201,6 +318,7 @@ fn route(
             }
             Pending::PortForward(r) => super::portforward::serve(daemon, r, conn, streams).await,
         }
+        drop(session);
     });
     let mut resp = Response::new(Full::new(Bytes::new()));
     *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
