@@ -11,3 +11,4 @@ pub mod remotecommand;
 pub mod server;
 pub mod spdy;
 pub mod tls;
+pub mod ws;

@@ -1,11 +1,13 @@
 //! Exec and attach sessions over SPDY, as Kubernetes' `remotecommand` server speaks them.
 //!
-//! The client opens one stream per channel (`streamtype` header: `error`, `stdin`, `stdout`,
-//! `stderr`, `resize`); once every expected stream is there (within 30 s) the process runs (exec)
-//! or the monitor's attach socket is joined (attach), data is copied, and the outcome goes on the
-//! error stream: with `v4.channel.k8s.io` a `metav1.Status` JSON (`Success`, or `Failure` with
-//! reason `NonZeroExitCode` and the exit code as an `ExitCode` cause); with older protocols the
-//! error text only. Resize messages are JSON `{"Width":W,"Height":H}` objects back to back.
+//! Over SPDY the client opens one stream per channel (`streamtype` header: `error`, `stdin`,
+//! `stdout`, `stderr`, `resize`) and the session waits for every expected one (within 30 s);
+//! over WebSocket every channel exists from the start ([`super::ws`]). Both give the same
+//! [`Streams`]. Then the process runs (exec) or the monitor's attach socket is joined (attach),
+//! data is copied, and the outcome goes on the error stream: from protocol v4 on a
+//! `metav1.Status` JSON (`Success`, or `Failure` with reason `NonZeroExitCode` and the exit code
+//! as an `ExitCode` cause); with older protocols the error text only. Resize messages are JSON
+//! `{"Width":W,"Height":H}` objects back to back.
 //!
 //! Owns the stream bookkeeping, data copying and status encoding. Must not build runtime argv
 //! (the container domain spawns the exec) or parse the monitor's attach framing beyond reading it.
@@ -18,7 +20,8 @@ use serde::Deserialize;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
 
-use super::spdy::{Connection, Stream, StreamReader, StreamWriter};
+use super::spdy::{Connection, Stream};
+use super::ws;
 use crate::app::Daemon;
 
 /// How long the client has to open every stream it announced.
@@ -41,7 +44,7 @@ impl Channels {
             stdin,
             stdout,
             stderr: stderr && !tty,
-            resize: tty && matches!(protocol, "v4.channel.k8s.io" | "v3.channel.k8s.io"),
+            resize: tty && version(protocol) >= 3,
         }
     }
 
@@ -53,14 +56,62 @@ impl Channels {
     }
 }
 
-/// The streams of a session, by channel.
+/// The version of a remote command protocol: `v5.channel.k8s.io` is 5,
+/// `v4.base64.channel.k8s.io` 4, `channel.k8s.io` (or none) 1.
+pub fn version(protocol: &str) -> u8 {
+    protocol
+        .strip_prefix('v')
+        .and_then(|rest| rest.split('.').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(1)
+}
+
+/// A channel the client writes (stdin, resize).
+pub type Reader = Box<dyn AsyncRead + Send + Unpin>;
+/// A channel the client reads (stdout, stderr, error).
+pub type Writer = Box<dyn AsyncWrite + Send + Unpin>;
+
+/// The streams of a session, by channel, whatever the transport.
 #[derive(Default)]
 pub struct Streams {
-    pub stdin: Option<StreamReader>,
-    pub stdout: Option<StreamWriter>,
-    pub stderr: Option<StreamWriter>,
-    pub error: Option<StreamWriter>,
-    pub resize: Option<StreamReader>,
+    pub stdin: Option<Reader>,
+    pub stdout: Option<Writer>,
+    pub stderr: Option<Writer>,
+    pub error: Option<Writer>,
+    pub resize: Option<Reader>,
+}
+
+/// How the client reached the session.
+pub enum Transport {
+    /// An SPDY connection and the streams the client opens on it.
+    Spdy(Connection, mpsc::Receiver<Stream>),
+    /// A WebSocket connection, its channels not set up yet.
+    WebSocket(ws::Upgraded),
+}
+
+/// The client's end of a running session.
+#[derive(Clone)]
+pub enum Peer {
+    Spdy(Connection),
+    WebSocket(ws::Handle),
+}
+
+impl Peer {
+    /// Resolves when the client went away.
+    pub async fn closed(&self) {
+        match self {
+            Peer::Spdy(c) => c.closed().await,
+            Peer::WebSocket(h) => h.closed().await,
+        }
+    }
+
+    /// Ends the connection after everything written so far.
+    pub async fn close(&self) {
+        match self {
+            Peer::Spdy(c) => c.close().await,
+            Peer::WebSocket(h) => h.close().await,
+        }
+    }
 }
 
 /// Waits for every stream `channels` needs. Unknown or unexpected stream types are reset.
@@ -98,11 +149,11 @@ pub async fn accept(
         }
         let (reader, writer) = stream.split();
         match kind.as_str() {
-            "error" => got.error = Some(writer),
-            "stdin" => got.stdin = Some(reader),
-            "stdout" => got.stdout = Some(writer),
-            "stderr" => got.stderr = Some(writer),
-            _ => got.resize = Some(reader),
+            "error" => got.error = Some(Box::new(writer)),
+            "stdin" => got.stdin = Some(Box::new(reader)),
+            "stdout" => got.stdout = Some(Box::new(writer)),
+            "stderr" => got.stderr = Some(Box::new(writer)),
+            _ => got.resize = Some(Box::new(reader)),
         }
         count += 1;
     }
@@ -118,7 +169,7 @@ pub enum Outcome {
 
 /// The error stream's payload for `outcome` under `protocol` (`None`: nothing to write).
 pub fn status_payload(protocol: &str, outcome: &Outcome) -> Option<Vec<u8>> {
-    let v4 = protocol == "v4.channel.k8s.io";
+    let v4 = version(protocol) >= 4;
     match outcome {
         Outcome::Exited(0) if v4 => Some(br#"{"metadata":{},"status":"Success"}"#.to_vec()),
         Outcome::Exited(0) => None,
@@ -152,7 +203,7 @@ pub fn status_payload(protocol: &str, outcome: &Outcome) -> Option<Vec<u8>> {
 }
 
 /// Writes the outcome, half-closes every stream we write, and closes the connection.
-async fn finish(conn: &Connection, mut streams: Streams, protocol: &str, outcome: Outcome) {
+async fn finish(peer: &Peer, mut streams: Streams, protocol: &str, outcome: Outcome) {
     if let Some(mut error) = streams.error.take() {
         if let Some(payload) = status_payload(protocol, &outcome) {
             let _ = error.write_all(&payload).await;
@@ -166,7 +217,7 @@ async fn finish(conn: &Connection, mut streams: Streams, protocol: &str, outcome
         let mut w = w;
         let _ = w.shutdown().await;
     }
-    conn.close().await;
+    peer.close().await;
 }
 
 /// A terminal size as the client sends it.
@@ -204,7 +255,7 @@ pub fn parse_sizes(buf: &mut Vec<u8>) -> Result<Vec<TerminalSize>, String> {
 }
 
 /// Reads sizes from the resize channel and applies each with `apply` until the channel ends.
-async fn follow_resizes(mut resize: StreamReader, apply: impl Fn(TerminalSize) + Send + 'static) {
+async fn follow_resizes(mut resize: Reader, apply: impl Fn(TerminalSize) + Send + 'static) {
     let mut buf = Vec::new();
     let mut chunk = [0u8; 1024];
     loop {
@@ -234,30 +285,35 @@ pub(crate) async fn pump(from: impl AsyncRead + Unpin, mut to: impl AsyncWrite +
     let _ = to.shutdown().await;
 }
 
-/// Runs one session: waits for the streams, runs `body`, reports its outcome.
+/// Runs one session: sets up the streams, runs `body`, reports its outcome.
 async fn session<F, Fut>(
     what: &str,
     container_id: &str,
     channels: Channels,
     protocol: &str,
-    conn: Connection,
-    mut incoming: mpsc::Receiver<Stream>,
+    transport: Transport,
     body: F,
 ) where
-    F: FnOnce(Streams, Connection) -> Fut,
+    F: FnOnce(Streams, Peer) -> Fut,
     Fut: std::future::Future<Output = (Streams, Outcome)>,
 {
-    let streams = match accept(&mut incoming, channels).await {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::warn!(container_id, error = %e, "{what} session");
-            conn.close().await;
-            return;
+    let (peer, streams) = match transport {
+        Transport::Spdy(conn, mut incoming) => match accept(&mut incoming, channels).await {
+            Ok(s) => (Peer::Spdy(conn), s),
+            Err(e) => {
+                tracing::warn!(container_id, error = %e, "{what} session");
+                conn.close().await;
+                return;
+            }
+        },
+        Transport::WebSocket(upgraded) => {
+            let (handle, streams) = ws::channels(upgraded, protocol, channels);
+            (Peer::WebSocket(handle), streams)
         }
     };
-    let (streams, outcome) = body(streams, conn.clone()).await;
+    let (streams, outcome) = body(streams, peer.clone()).await;
     tracing::info!(container_id, outcome = ?outcome, "{what} session ended");
-    finish(&conn, streams, protocol, outcome).await;
+    finish(&peer, streams, protocol, outcome).await;
 }
 
 /// `Exec`: runs the command in the container with the session's streams.
@@ -265,8 +321,7 @@ pub async fn exec(
     daemon: Arc<Daemon>,
     req: cri::ExecRequest,
     protocol: &'static str,
-    conn: Connection,
-    incoming: mpsc::Receiver<Stream>,
+    transport: Transport,
 ) {
     let channels = Channels::of(req.stdin, req.stdout, req.stderr, req.tty, protocol);
     let id = req.container_id.clone();
@@ -275,10 +330,9 @@ pub async fn exec(
         &id,
         channels,
         protocol,
-        conn,
-        incoming,
-        |mut streams, conn| async move {
-            let outcome = run_exec(&daemon, &req, &mut streams, &conn).await;
+        transport,
+        |mut streams, peer| async move {
+            let outcome = run_exec(&daemon, &req, &mut streams, &peer).await;
             (streams, outcome)
         },
     )
@@ -289,7 +343,7 @@ async fn run_exec(
     daemon: &Daemon,
     req: &cri::ExecRequest,
     streams: &mut Streams,
-    conn: &Connection,
+    peer: &Peer,
 ) -> Outcome {
     let containers = match daemon.containers() {
         Ok(c) => c.clone(),
@@ -337,7 +391,7 @@ async fn run_exec(
             Ok(code) => Outcome::Exited(code),
             Err(e) => Outcome::Failed(e.to_string()),
         },
-        _ = conn.closed() => {
+        _ = peer.closed() => {
             process.kill();
             Outcome::Failed("the client went away".into())
         }
@@ -363,8 +417,7 @@ pub async fn attach(
     daemon: Arc<Daemon>,
     req: cri::AttachRequest,
     protocol: &'static str,
-    conn: Connection,
-    incoming: mpsc::Receiver<Stream>,
+    transport: Transport,
 ) {
     let channels = Channels::of(req.stdin, req.stdout, req.stderr, req.tty, protocol);
     let id = req.container_id.clone();
@@ -373,10 +426,9 @@ pub async fn attach(
         &id,
         channels,
         protocol,
-        conn,
-        incoming,
-        |mut streams, conn| async move {
-            let outcome = run_attach(&daemon, &req, &mut streams, &conn).await;
+        transport,
+        |mut streams, peer| async move {
+            let outcome = run_attach(&daemon, &req, &mut streams, &peer).await;
             (streams, outcome)
         },
     )
@@ -387,7 +439,7 @@ async fn run_attach(
     daemon: &Daemon,
     req: &cri::AttachRequest,
     streams: &mut Streams,
-    conn: &Connection,
+    peer: &Peer,
 ) -> Outcome {
     let containers = match daemon.containers() {
         Ok(c) => c.clone(),
@@ -478,7 +530,7 @@ async fn run_attach(
     let result = tokio::select! {
         r = copy => r,
         () = stdin_ended => Ok(()),
-        _ = conn.closed() => Err("the client went away".to_string()),
+        _ = peer.closed() => Err("the client went away".to_string()),
     };
     streams.stdout = stdout;
     streams.stderr = stderr;

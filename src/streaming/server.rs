@@ -24,6 +24,7 @@ use tokio_rustls::TlsAcceptor;
 
 use super::cache::{Pending, RequestCache};
 use super::idle::IdleTimeout;
+use super::remotecommand::Transport;
 use super::spdy;
 use crate::app::Daemon;
 use crate::config::ApiConfig;
@@ -183,7 +184,7 @@ pub async fn serve(
     }
 }
 
-/// One HTTP/1.1 request (no keep-alive), upgraded or answered.
+/// The HTTP/1.1 requests of one connection, until one is upgraded (or the deadline ends it).
 async fn http_phase<IO>(io: IO, daemon: Arc<Daemon>, peer: SocketAddr)
 where
     IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
@@ -193,7 +194,6 @@ where
         async move { Ok::<_, Infallible>(route(daemon, req, peer)) }
     });
     if let Err(e) = hyper::server::conn::http1::Builder::new()
-        .keep_alive(false)
         .serve_connection(hyper_util::rt::TokioIo::new(io), service)
         .with_upgrades()
         .await
@@ -265,27 +265,56 @@ fn route(
     if pending.path() != kind {
         return plain(StatusCode::NOT_FOUND, "unknown or expired streaming token");
     }
-    if !header_has(&req, UPGRADE, "SPDY/3.1") {
-        let text = if header_has(&req, UPGRADE, "websocket") {
-            "WebSocket streaming is not supported by crius yet: upgrade to SPDY/3.1"
-        } else {
-            "this endpoint needs a connection upgrade to SPDY/3.1"
-        };
-        return plain(StatusCode::BAD_REQUEST, text);
+    let websocket = header_has(&req, UPGRADE, "websocket");
+    if !websocket && !header_has(&req, UPGRADE, "SPDY/3.1") {
+        return plain(
+            StatusCode::BAD_REQUEST,
+            "this endpoint needs a connection upgrade to SPDY/3.1 or websocket",
+        );
     }
+    let ws_key = if websocket {
+        let key = req.headers().get("sec-websocket-key").cloned();
+        let version_ok = req
+            .headers()
+            .get("sec-websocket-version")
+            .is_some_and(|v| v.as_bytes() == b"13");
+        match key {
+            Some(k) if version_ok => Some(super::ws::accept_key(k.as_bytes())),
+            _ => {
+                return plain(
+                    StatusCode::BAD_REQUEST,
+                    "a websocket upgrade needs Sec-WebSocket-Key and Sec-WebSocket-Version: 13",
+                )
+            }
+        }
+    } else {
+        None
+    };
+    let protocol_header = if websocket {
+        "sec-websocket-protocol"
+    } else {
+        PROTOCOL_HEADER
+    };
     let offered: Vec<String> = req
         .headers()
-        .get_all(PROTOCOL_HEADER)
+        .get_all(protocol_header)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|s| s.split(',').map(|p| p.trim().to_string()))
         .filter(|p| !p.is_empty())
         .collect();
-    let supported: &[&str] = match pending {
-        Pending::PortForward(_) => &PORTFORWARD_PROTOCOLS,
-        _ => &REMOTECOMMAND_PROTOCOLS,
+    let supported: &[&str] = match (&pending, websocket) {
+        (Pending::PortForward(_), false) => &PORTFORWARD_PROTOCOLS,
+        (Pending::PortForward(_), true) => &super::ws::PORTFORWARD_PROTOCOLS,
+        (_, false) => &REMOTECOMMAND_PROTOCOLS,
+        (_, true) => &super::ws::REMOTECOMMAND_PROTOCOLS,
     };
-    let Some(protocol) = negotiate(&offered, supported) else {
+    let protocol = match negotiate(&offered, supported) {
+        // A port-forward tunnel must name its protocol.
+        Some("") if websocket && matches!(pending, Pending::PortForward(_)) => None,
+        other => other,
+    };
+    let Some(protocol) = protocol else {
         let mut resp = plain(
             StatusCode::FORBIDDEN,
             format!(
@@ -298,7 +327,8 @@ fn route(
         return resp;
     };
     let upgrade = hyper::upgrade::on(&mut req);
-    tracing::info!(%peer, kind, protocol, "streaming session");
+    let transport = if websocket { "websocket" } else { "spdy" };
+    tracing::info!(%peer, kind, protocol, transport, "streaming session");
     tokio::spawn(async move {
         let upgraded = match upgrade.await {
             Ok(u) => u,
@@ -308,15 +338,41 @@ fn route(
             }
         };
         let io = IdleTimeout::new(hyper_util::rt::TokioIo::new(upgraded), idle_timeout);
-        let (conn, streams) = spdy::Connection::server(io);
-        match pending {
-            Pending::Exec(r) => {
-                super::remotecommand::exec(daemon, r, protocol, conn, streams).await
+        if websocket {
+            let ws = super::ws::Upgraded::new(io).await;
+            match pending {
+                Pending::Exec(r) => {
+                    super::remotecommand::exec(daemon, r, protocol, Transport::WebSocket(ws)).await
+                }
+                Pending::Attach(r) => {
+                    super::remotecommand::attach(daemon, r, protocol, Transport::WebSocket(ws))
+                        .await
+                }
+                Pending::PortForward(r) => {
+                    let (conn, streams) = spdy::Connection::server(super::ws::tunnel(ws));
+                    super::portforward::serve(daemon, r, conn, streams).await
+                }
             }
-            Pending::Attach(r) => {
-                super::remotecommand::attach(daemon, r, protocol, conn, streams).await
+        } else {
+            let (conn, streams) = spdy::Connection::server(io);
+            match pending {
+                Pending::Exec(r) => {
+                    super::remotecommand::exec(daemon, r, protocol, Transport::Spdy(conn, streams))
+                        .await
+                }
+                Pending::Attach(r) => {
+                    super::remotecommand::attach(
+                        daemon,
+                        r,
+                        protocol,
+                        Transport::Spdy(conn, streams),
+                    )
+                    .await
+                }
+                Pending::PortForward(r) => {
+                    super::portforward::serve(daemon, r, conn, streams).await
+                }
             }
-            Pending::PortForward(r) => super::portforward::serve(daemon, r, conn, streams).await,
         }
         drop(session);
     });
@@ -324,10 +380,17 @@ fn route(
     *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
     let headers = resp.headers_mut();
     headers.insert(CONNECTION, HeaderValue::from_static("Upgrade"));
-    headers.insert(UPGRADE, HeaderValue::from_static("SPDY/3.1"));
+    if let Some(accept) = ws_key {
+        headers.insert(UPGRADE, HeaderValue::from_static("websocket"));
+        if let Ok(v) = HeaderValue::from_str(&accept) {
+            headers.insert("sec-websocket-accept", v);
+        }
+    } else {
+        headers.insert(UPGRADE, HeaderValue::from_static("SPDY/3.1"));
+    }
     if let Ok(v) = HeaderValue::from_str(protocol) {
         if !protocol.is_empty() {
-            headers.insert(PROTOCOL_HEADER, v);
+            headers.insert(protocol_header, v);
         }
     }
     resp
