@@ -193,7 +193,13 @@ async fn upgrade(url: &str, protocols: &[&str]) -> (String, Option<Connection>) 
         assert!(head.len() < 16 << 10);
     }
     let head = String::from_utf8(head).unwrap();
-    if !head.starts_with("HTTP/1.1 101") {
+    if head.starts_with("HTTP/1.1 101") {
+        // Go clients refuse an upgrade whose Connection header lacks "Upgrade".
+        assert!(
+            head.to_ascii_lowercase().contains("connection: upgrade"),
+            "{head}"
+        );
+    } else {
         let mut body = vec![0u8; 4096];
         let n = tokio::time::timeout(Duration::from_secs(2), tcp.read(&mut body))
             .await
@@ -1047,4 +1053,211 @@ async fn streaming_server_serves_tls_when_configured() {
     .expect("closed in time");
     let () = conn;
     assert!(!head.starts_with("HTTP/1.1 "), "{head}");
+}
+
+type Ws = tokio_tungstenite::WebSocketStream<TcpStream>;
+
+/// Connects a WebSocket to a streaming URL offering `protocols`; returns the chosen one.
+async fn ws_connect(url: &str, protocols: &str) -> (Ws, String) {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let ws_url = url.replacen("http://", "ws://", 1);
+    let mut req = ws_url.as_str().into_client_request().unwrap();
+    req.headers_mut()
+        .insert("sec-websocket-protocol", protocols.parse().unwrap());
+    let host = ws_url
+        .strip_prefix("ws://")
+        .unwrap()
+        .split('/')
+        .next()
+        .unwrap()
+        .to_string();
+    let tcp = TcpStream::connect(host).await.unwrap();
+    let (ws, resp) = tokio::time::timeout(
+        Duration::from_secs(10),
+        tokio_tungstenite::client_async(req, tcp),
+    )
+    .await
+    .expect("handshake in time")
+    .unwrap();
+    let chosen = resp
+        .headers()
+        .get("sec-websocket-protocol")
+        .map(|v| v.to_str().unwrap().to_string())
+        .unwrap_or_default();
+    (ws, chosen)
+}
+
+/// Everything the server sent by channel until its Close frame (binary or base64 framing).
+async fn ws_collect(ws: &mut Ws, base64: bool) -> [Vec<u8>; 5] {
+    use base64::Engine as _;
+    use futures_util::StreamExt;
+    use tokio_tungstenite::tungstenite::Message;
+    let mut got: [Vec<u8>; 5] = Default::default();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let msg = tokio::time::timeout_at(deadline, ws.next())
+            .await
+            .expect("the session ends in time");
+        let (channel, data) = match msg {
+            Some(Ok(Message::Binary(b))) if !base64 && !b.is_empty() => (b[0], b[1..].to_vec()),
+            Some(Ok(Message::Text(t))) if base64 && !t.is_empty() => {
+                let b = t.as_bytes();
+                let data = base64::engine::general_purpose::STANDARD
+                    .decode(&b[1..])
+                    .unwrap();
+                (b[0] - b'0', data)
+            }
+            Some(Ok(Message::Close(frame))) => {
+                assert_eq!(
+                    frame.map(|f| u16::from(f.code)),
+                    Some(1000),
+                    "a normal closure"
+                );
+                return got;
+            }
+            Some(Ok(other)) => panic!("unexpected message {other:?}"),
+            Some(Err(e)) => panic!("websocket: {e}"),
+            None => panic!("the connection ended without a Close frame"),
+        };
+        got[channel as usize].extend_from_slice(&data);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_exec_exit_codes_stdin_and_protocols() {
+    use futures_util::SinkExt;
+    use tokio_tungstenite::tungstenite::Message;
+    let env = Env::new().await;
+    let pod = env.pod("ws").await;
+    let id = env
+        .run(&pod, "main", &["sleep", "1000"], false, false)
+        .await;
+
+    // v5: stdin in, its end by the close signal, stdout/stderr apart, exit code 3 as a status.
+    let url = env
+        .exec_url(
+            &id,
+            &["sh", "-c", "read l; echo got:$l; echo err >&2; cat; exit 3"],
+            false,
+            true,
+        )
+        .await;
+    let (mut ws, protocol) = ws_connect(
+        &url,
+        "v5.channel.k8s.io, v4.channel.k8s.io, v4.base64.channel.k8s.io",
+    )
+    .await;
+    assert_eq!(protocol, "v5.channel.k8s.io");
+    ws.send(Message::Binary(b"\x00hello\nrest".to_vec().into()))
+        .await
+        .unwrap();
+    ws.send(Message::Binary(vec![255, 0].into())).await.unwrap();
+    let got = ws_collect(&mut ws, false).await;
+    assert_eq!(String::from_utf8_lossy(&got[1]), "got:hello\nrest");
+    assert_eq!(String::from_utf8_lossy(&got[2]), "err\n");
+    let status = status_of(&String::from_utf8_lossy(&got[3]));
+    assert_eq!(status["status"], "Failure", "{status}");
+    assert_eq!(status["reason"], "NonZeroExitCode");
+    assert_eq!(status["details"]["causes"][0]["message"], "3");
+
+    // Success, and a token works once.
+    let url = env.exec_url(&id, &["true"], false, false).await;
+    let (mut ws, _) = ws_connect(&url, "v5.channel.k8s.io").await;
+    let got = ws_collect(&mut ws, false).await;
+    assert_eq!(
+        status_of(&String::from_utf8_lossy(&got[3]))["status"],
+        "Success"
+    );
+    let (head, conn) = upgrade(&url, &["v4.channel.k8s.io"]).await;
+    assert!(conn.is_none());
+    assert!(head.starts_with("HTTP/1.1 404"), "{head}");
+
+    // v4 with base64 text frames: output decoded, status JSON.
+    let url = env
+        .exec_url(&id, &["sh", "-c", "echo hi; exit 5"], false, false)
+        .await;
+    let (mut ws, protocol) = ws_connect(&url, "v4.base64.channel.k8s.io").await;
+    assert_eq!(protocol, "v4.base64.channel.k8s.io");
+    let got = ws_collect(&mut ws, true).await;
+    assert_eq!(String::from_utf8_lossy(&got[1]), "hi\n");
+    let status = status_of(&String::from_utf8_lossy(&got[3]));
+    assert_eq!(status["details"]["causes"][0]["message"], "5");
+
+    // A client that leaves: the process is killed.
+    let marker = "sleep 4545";
+    let url = env.exec_url(&id, &["sh", "-c", marker], false, false).await;
+    let (mut ws, _) = ws_connect(&url, "v5.channel.k8s.io").await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while procs_matching(marker) == 0 {
+        assert!(std::time::Instant::now() < deadline, "exec never started");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    ws.close(None).await.unwrap();
+    drop(ws);
+    while procs_matching(marker) > 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the exec outlived its websocket client"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // No protocol in common: refused with the accepted list.
+    let url = env.exec_url(&id, &["true"], false, false).await;
+    let ws_url = url.replacen("http://", "ws://", 1);
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let mut req = ws_url.as_str().into_client_request().unwrap();
+    req.headers_mut().insert(
+        "sec-websocket-protocol",
+        "v9.channel.k8s.io".parse().unwrap(),
+    );
+    let tcp = TcpStream::connect(
+        ws_url
+            .strip_prefix("ws://")
+            .unwrap()
+            .split('/')
+            .next()
+            .unwrap(),
+    )
+    .await
+    .unwrap();
+    let err = tokio_tungstenite::client_async(req, tcp).await.unwrap_err();
+    assert!(err.to_string().contains("403"), "{err}");
+}
+
+/// Exec round trip (`true`), SPDY against WebSocket v5, same daemon; prints the figures.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement: cargo test -p crius-e2e --test streaming -- --ignored --nocapture"]
+async fn exec_round_trip_spdy_vs_websocket() {
+    let env = Env::new().await;
+    let pod = env.pod("rtt").await;
+    let id = env
+        .run(&pod, "main", &["sleep", "1000"], false, false)
+        .await;
+    const N: u32 = 30;
+    let mut spdy = Duration::ZERO;
+    let mut ws = Duration::ZERO;
+    for _ in 0..N {
+        let start = std::time::Instant::now();
+        let url = env.exec_url(&id, &["true"], false, false).await;
+        let s = session(&url, false, true, false).await;
+        let (_, status) = tokio::join!(read_all(s.stdout), read_all(s.error));
+        assert_eq!(status_of(&status)["status"], "Success");
+        spdy += start.elapsed();
+
+        let start = std::time::Instant::now();
+        let url = env.exec_url(&id, &["true"], false, false).await;
+        let (mut c, _) = ws_connect(&url, "v5.channel.k8s.io").await;
+        let got = ws_collect(&mut c, false).await;
+        assert_eq!(
+            status_of(&String::from_utf8_lossy(&got[3]))["status"],
+            "Success"
+        );
+        ws += start.elapsed();
+    }
+    eprintln!(
+        "exec round trip (Exec RPC + connect + run `true` + status), mean of {N}: SPDY {:?}, WebSocket {:?}",
+        spdy / N,
+        ws / N
+    );
 }
