@@ -825,9 +825,9 @@ async fn port_forward_of_a_host_network_pod_reaches_the_host() {
 }
 
 /// Awaits every future (the e2e crate has no `futures` dependency).
-async fn futures_join_all<F: std::future::Future>(futs: Vec<F>) -> Vec<F::Output>
+async fn futures_join_all<F>(futs: Vec<F>) -> Vec<F::Output>
 where
-    F: Send + 'static,
+    F: std::future::Future + Send + 'static,
     F::Output: Send + 'static,
 {
     let handles: Vec<_> = futs.into_iter().map(tokio::spawn).collect();

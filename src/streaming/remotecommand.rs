@@ -558,6 +558,18 @@ mod tests {
     }
 
     #[test]
+    fn protocol_versions_cover_websocket_names() {
+        assert_eq!(version("v5.channel.k8s.io"), 5);
+        assert_eq!(version("v4.base64.channel.k8s.io"), 4);
+        assert_eq!(version("v2.channel.k8s.io"), 2);
+        assert_eq!(version("channel.k8s.io"), 1);
+        assert_eq!(version("base64.channel.k8s.io"), 1);
+        assert_eq!(version(""), 1);
+        assert!(Channels::of(false, true, false, true, "v5.channel.k8s.io").resize);
+        assert!(status_payload("v5.channel.k8s.io", &Outcome::Exited(0)).is_some());
+    }
+
+    #[test]
     fn status_payloads_match_kubernetes() {
         let v4 = "v4.channel.k8s.io";
         assert_eq!(

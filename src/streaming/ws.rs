@@ -72,7 +72,7 @@ impl<T: AsyncRead + AsyncWrite + Send> IoStream for T {}
 
 /// A WebSocket connection after the upgrade, before its mode is chosen.
 pub struct Upgraded {
-    ws: WebSocketStream<Io>,
+    ws: Box<WebSocketStream<Io>>,
 }
 
 impl Upgraded {
@@ -83,7 +83,7 @@ impl Upgraded {
             .max_frame_size(Some(MAX_MESSAGE));
         let io: Io = Box::pin(io);
         Upgraded {
-            ws: WebSocketStream::from_raw_socket(io, Role::Server, Some(config)).await,
+            ws: Box::new(WebSocketStream::from_raw_socket(io, Role::Server, Some(config)).await),
         }
     }
 }
@@ -258,7 +258,7 @@ fn start(
     closed: watch::Sender<bool>,
     base64: bool,
 ) {
-    let (sink, stream) = upgraded.ws.split();
+    let (sink, stream) = (*upgraded.ws).split();
     let (closing_tx, closing_rx) = watch::channel(false);
     tokio::spawn(write_loop(sink, out, base64, closing_tx));
     tokio::spawn(read_loop(stream, inbound, closed, closing_rx));
