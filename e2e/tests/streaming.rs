@@ -565,9 +565,11 @@ async fn attach_ends_when_the_clients_stdin_ends() {
     let mut stdin = s.stdin.take().unwrap();
     stdin.write_all(b"echo first\n").await.unwrap();
     assert_eq!(read_until(&mut s.stdout, "first\n").await, "first\n");
+    // The output of the last line still arrives before the session detaches.
+    stdin.write_all(b"echo last\n").await.unwrap();
     stdin.shutdown().await.unwrap();
     let (rest, status) = tokio::join!(read_all(s.stdout), read_all(s.error));
-    assert_eq!(rest, "");
+    assert_eq!(rest, "last\n");
     assert_eq!(status_of(&status)["status"], "Success");
     assert_eq!(
         env.container_state(&id).await,

@@ -26,6 +26,11 @@ use crate::app::Daemon;
 
 /// How long the client has to open every stream it announced.
 pub const STREAM_CREATION_TIMEOUT: Duration = Duration::from_secs(30);
+/// An attach that detaches at the end of the client's stdin first delivers output until none
+/// came for this long...
+pub const DETACH_QUIET: Duration = Duration::from_millis(200);
+/// ...or for at most this long.
+pub const DETACH_DRAIN: Duration = Duration::from_secs(2);
 
 /// Which channels a session carries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -486,6 +491,9 @@ async fn run_attach(
     let mut stdout = streams.stdout.take();
     let mut stderr = streams.stderr.take();
     let tty = req.tty;
+    // When output last arrived, in milliseconds since `started` (for the drain below).
+    let started = tokio::time::Instant::now();
+    let last_output = std::sync::atomic::AtomicU64::new(0);
     let copy = async {
         // Frames: [1 byte stream: 2 stdout, 3 stderr][4 byte big-endian length][bytes].
         let mut header = [0u8; 5];
@@ -512,12 +520,18 @@ async fn run_attach(
                     break;
                 }
             }
+            last_output.store(
+                started.elapsed().as_millis() as u64,
+                std::sync::atomic::Ordering::Relaxed,
+            );
         }
         Ok(())
     };
     // As CRI-O: without stdin_once or a terminal, the end of the client's stdin detaches the
     // session; otherwise output goes on until the container ends it (stdin_once closed its
-    // stdin) or the client leaves.
+    // stdin) or the client leaves. Before detaching, output the last input caused is still
+    // delivered: until [`DETACH_QUIET`] passes without output (at most [`DETACH_DRAIN`]), so
+    // that `echo 'echo hello' | crictl attach -i` prints `hello`.
     let detach_on_stdin_end = !target.stdin_once && !req.tty;
     let stdin_ended = async {
         match stdin_done {
@@ -527,9 +541,24 @@ async fn run_attach(
             _ => std::future::pending().await,
         }
     };
+    let drained = async {
+        stdin_ended.await;
+        let ended_at = started.elapsed();
+        loop {
+            tokio::time::sleep(DETACH_QUIET / 4).await;
+            let now = started.elapsed();
+            let last =
+                Duration::from_millis(last_output.load(std::sync::atomic::Ordering::Relaxed));
+            if now.saturating_sub(last.max(ended_at)) >= DETACH_QUIET
+                || now.saturating_sub(ended_at) >= DETACH_DRAIN
+            {
+                return;
+            }
+        }
+    };
     let result = tokio::select! {
         r = copy => r,
-        () = stdin_ended => Ok(()),
+        () = drained => Ok(()),
         _ = peer.closed() => Err("the client went away".to_string()),
     };
     streams.stdout = stdout;
