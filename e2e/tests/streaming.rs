@@ -1263,3 +1263,74 @@ async fn exec_round_trip_spdy_vs_websocket() {
         ws / N
     );
 }
+
+/// `crictl port-forward --transport websocket`: client-go's tunneling dialer carries SPDY in
+/// binary WebSocket messages under `SPDY/3.1+portforward.k8s.io`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn port_forward_over_a_websocket_tunnel() {
+    let env = Env::new().await;
+    let pod = env.pod("pf-ws").await;
+    env.run(
+        &pod,
+        "echo",
+        &["nc", "-ll", "-p", "7000", "-e", "cat"],
+        false,
+        false,
+    )
+    .await;
+    let url = env.port_forward_url(&pod.0).await;
+    let rest = url.strip_prefix("http://").unwrap();
+    let (host, path) = rest.split_once('/').unwrap();
+    let key = "dGhlIHNhbXBsZSBub25jZQ==";
+    let mut tcp = TcpStream::connect(host).await.unwrap();
+    let req = format!(
+        "GET /{path} HTTP/1.1\r\nHost: {host}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+         Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: {key}\r\n\
+         Sec-WebSocket-Protocol: SPDY/3.1+portforward.k8s.io\r\n\r\n"
+    );
+    tcp.write_all(req.as_bytes()).await.unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        let n = tokio::time::timeout(Duration::from_secs(10), tcp.read(&mut byte))
+            .await
+            .expect("response head in time")
+            .unwrap();
+        assert_eq!(
+            n,
+            1,
+            "closed in the head: {:?}",
+            String::from_utf8_lossy(&head)
+        );
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8(head).unwrap().to_ascii_lowercase();
+    assert!(head.starts_with("http/1.1 101"), "{head}");
+    assert!(
+        head.contains("sec-websocket-protocol: spdy/3.1+portforward.k8s.io"),
+        "{head}"
+    );
+    // RFC 6455's example key and answer.
+    assert!(
+        head.contains("sec-websocket-accept: s3pplmbitxaq9kygzzhzrbk+xoo="),
+        "{head}"
+    );
+    let ws = crius::streaming::ws::Upgraded::client(tcp).await;
+    let (conn, _incoming) = Connection::client(crius::streaming::ws::tunnel(ws));
+    let mut id = 0;
+    let f = forward_when_listening(&conn, 7000, &mut id).await;
+    let payload: Vec<u8> = (0..(256u32 << 10)).map(|i| (i * 13 % 251) as u8).collect();
+    let (got, err) = echo_through(f, payload.clone()).await;
+    assert!(
+        got == payload,
+        "echo differs: {} of {} bytes",
+        got.len(),
+        payload.len()
+    );
+    assert_eq!(err, "");
+    id += 1;
+    let (got, err) = echo_through(forward(&conn, 7999, id).await, b"x".to_vec()).await;
+    assert!(got.is_empty());
+    assert!(err.contains("7999"), "{err}");
+    conn.close().await;
+}

@@ -88,6 +88,16 @@ impl Upgraded {
     }
 }
 
+impl Upgraded {
+    /// The client side of an upgraded connection (for tests and tools that dial the server).
+    pub async fn client(io: impl IoStream + 'static) -> Upgraded {
+        let io: Io = Box::pin(io);
+        Upgraded {
+            ws: Box::new(WebSocketStream::from_raw_socket(io, Role::Client, None).await),
+        }
+    }
+}
+
 /// The `Sec-WebSocket-Accept` value for a client's `Sec-WebSocket-Key`.
 pub fn accept_key(key: &[u8]) -> String {
     tokio_tungstenite::tungstenite::handshake::derive_accept_key(key)
