@@ -1262,6 +1262,43 @@ async fn exec_round_trip_spdy_vs_websocket() {
         spdy / N,
         ws / N
     );
+
+    // A line through `cat` and back, in one session: the streaming layer's own latency.
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    const LINES: u32 = 200;
+    let url = env.exec_url(&id, &["cat"], false, true).await;
+    let mut s = session(&url, true, true, false).await;
+    let mut stdin = s.stdin.take().unwrap();
+    let mut buf = [0u8; 64];
+    let start = std::time::Instant::now();
+    for _ in 0..LINES {
+        stdin.write_all(b"ping\n").await.unwrap();
+        let mut got = 0;
+        while got < 5 {
+            got += s.stdout.read(&mut buf).await.unwrap();
+        }
+    }
+    let spdy_line = start.elapsed() / LINES;
+    let url = env.exec_url(&id, &["cat"], false, true).await;
+    let (mut c, _) = ws_connect(&url, "v5.channel.k8s.io").await;
+    let start = std::time::Instant::now();
+    for _ in 0..LINES {
+        c.send(Message::Binary(b"\x00ping\n".to_vec().into()))
+            .await
+            .unwrap();
+        let mut got = 0;
+        while got < 5 {
+            match c.next().await.unwrap().unwrap() {
+                Message::Binary(b) if b.first() == Some(&1) => got += b.len() - 1,
+                _ => {}
+            }
+        }
+    }
+    let ws_line = start.elapsed() / LINES;
+    eprintln!(
+        "line round trip through `cat`, mean of {LINES}: SPDY {spdy_line:?}, WebSocket {ws_line:?}"
+    );
 }
 
 /// `crictl port-forward --transport websocket`: client-go's tunneling dialer carries SPDY in
