@@ -28,7 +28,7 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 use tokio_util::sync::PollSender;
 
-use super::remotecommand::{Channels, Streams};
+use super::remotecommand::{Channels, Reader, Streams, Writer};
 
 /// Remote command protocols over WebSocket, preferred first (`wsstream`'s list).
 pub const REMOTECOMMAND_PROTOCOLS: [&str; 9] = [
@@ -182,10 +182,9 @@ impl AsyncWrite for MessageWriter {
 
 /// Where the reader task puts what the client sends.
 enum Inbound {
-    /// Channel mode: the writing ends of stdin (0) and resize (4).
+    /// Channel mode: by channel number, the writing end of each channel the client writes.
     Channels {
-        stdin: Option<DuplexStream>,
-        resize: Option<DuplexStream>,
+        pipes: Vec<Option<DuplexStream>>,
         base64: bool,
         close_signal: bool,
     },
@@ -193,51 +192,76 @@ enum Inbound {
     Tunnel(Option<DuplexStream>),
 }
 
-/// Starts a channel-mode session for `protocol` with the channels of the request.
-pub fn channels(upgraded: Upgraded, protocol: &str, want: Channels) -> (Handle, Streams) {
+/// The channels of a channel-mode connection: for each channel number, what the client wrote
+/// (for the numbers in `readable`) and a writer to the client.
+pub struct Opened {
+    pub handle: Handle,
+    pub readers: Vec<Option<Reader>>,
+    pub writers: Vec<Option<Writer>>,
+}
+
+/// Starts channel mode with `count` channels under `protocol` (base64 framing for a `base64.`
+/// protocol, the close signal from v5 on).
+pub fn open(upgraded: Upgraded, protocol: &str, count: u8, readable: &[u8]) -> Opened {
     let base64 = protocol.contains("base64.");
     let (out_tx, out_rx) = mpsc::channel(WRITE_QUEUE);
     let (closed_tx, closed_rx) = watch::channel(false);
-    let writer = |channel: u8| -> Option<super::remotecommand::Writer> {
-        Some(Box::new(MessageWriter {
+    let mut pipes = Vec::new();
+    let mut readers = Vec::new();
+    let mut writers = Vec::new();
+    for channel in 0..count {
+        if readable.contains(&channel) {
+            let (ours, theirs) = tokio::io::duplex(READ_BUFFER);
+            pipes.push(Some(ours));
+            readers.push(Some(Box::new(theirs) as Reader));
+        } else {
+            pipes.push(None);
+            readers.push(None);
+        }
+        writers.push(Some(Box::new(MessageWriter {
             channel: Some(channel),
             out: PollSender::new(out_tx.clone()),
-        }))
-    };
-    let mut streams = Streams {
-        error: writer(ERROR),
-        stdout: if want.stdout { writer(STDOUT) } else { None },
-        stderr: if want.stderr { writer(STDERR) } else { None },
-        ..Default::default()
-    };
-    // The reading ends go into the session's streams, the writing ends to the reader task.
-    let (stdin_w, stdin_r) = pipe(want.stdin);
-    let (resize_w, resize_r) = pipe(want.resize);
-    streams.stdin = stdin_r.map(|r| Box::new(r) as super::remotecommand::Reader);
-    streams.resize = resize_r.map(|r| Box::new(r) as super::remotecommand::Reader);
+        }) as Writer));
+    }
     let inbound = Inbound::Channels {
-        stdin: stdin_w,
-        resize: resize_w,
+        pipes,
         base64,
         close_signal: super::remotecommand::version(protocol) >= 5,
     };
     start(upgraded, inbound, out_rx, closed_tx, base64);
-    (
-        Handle {
+    Opened {
+        handle: Handle {
             out: out_tx,
             closed: closed_rx,
         },
-        streams,
-    )
+        readers,
+        writers,
+    }
 }
 
-/// A pipe for a channel the client writes: (the reader task's end, the session's end).
-fn pipe(on: bool) -> (Option<DuplexStream>, Option<DuplexStream>) {
-    if !on {
-        return (None, None);
+/// Starts a remote command session for `protocol` with the channels of the request.
+pub fn channels(upgraded: Upgraded, protocol: &str, want: Channels) -> (Handle, Streams) {
+    let mut readable = Vec::new();
+    if want.stdin {
+        readable.push(STDIN);
     }
-    let (a, b) = tokio::io::duplex(READ_BUFFER);
-    (Some(a), Some(b))
+    if want.resize {
+        readable.push(RESIZE);
+    }
+    let Opened {
+        handle,
+        mut readers,
+        mut writers,
+    } = open(upgraded, protocol, RESIZE + 1, &readable);
+    let mut take_w = |c: u8| writers.get_mut(usize::from(c)).and_then(Option::take);
+    let streams = Streams {
+        error: take_w(ERROR),
+        stdout: if want.stdout { take_w(STDOUT) } else { None },
+        stderr: if want.stderr { take_w(STDERR) } else { None },
+        stdin: readers.get_mut(usize::from(STDIN)).and_then(Option::take),
+        resize: readers.get_mut(usize::from(RESIZE)).and_then(Option::take),
+    };
+    (handle, streams)
 }
 
 /// Starts a tunnel: the returned byte stream carries what the binary messages carry.
@@ -361,8 +385,7 @@ async fn deliver(inbound: &mut Inbound, payload: Vec<u8>) -> bool {
             true
         }
         Inbound::Channels {
-            stdin,
-            resize,
+            pipes,
             base64,
             close_signal,
         } => {
@@ -370,11 +393,11 @@ async fn deliver(inbound: &mut Inbound, payload: Vec<u8>) -> bool {
                 return true;
             };
             if *close_signal && first == STREAM_CLOSE {
-                match rest {
-                    [STDIN] => *stdin = None,
-                    [RESIZE] => *resize = None,
-                    [_] => {}
-                    _ => return false,
+                let [channel] = rest else {
+                    return false;
+                };
+                if let Some(pipe) = pipes.get_mut(usize::from(*channel)) {
+                    *pipe = None;
                 }
                 return true;
             }
@@ -389,10 +412,8 @@ async fn deliver(inbound: &mut Inbound, payload: Vec<u8>) -> bool {
             } else {
                 (first, rest.to_vec())
             };
-            let slot = match channel {
-                STDIN => stdin,
-                RESIZE => resize,
-                _ => return true,
+            let Some(slot) = pipes.get_mut(usize::from(channel)) else {
+                return true;
             };
             if let Some(p) = slot {
                 if p.write_all(&data).await.is_err() {
