@@ -1308,13 +1308,21 @@ async fn exec_round_trip_spdy_vs_websocket() {
 /// `crictl port-forward --transport websocket`: client-go's tunneling dialer carries SPDY in
 /// binary WebSocket messages under `SPDY/3.1+portforward.k8s.io`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn port_forward_over_a_websocket_tunnel() {
+async fn port_forward_over_websocket_tunnel_and_channels() {
     let env = Env::new().await;
     let pod = env.pod("pf-ws").await;
     env.run(
         &pod,
         "echo",
         &["nc", "-ll", "-p", "7000", "-e", "cat"],
+        false,
+        false,
+    )
+    .await;
+    env.run(
+        &pod,
+        "greet",
+        &["nc", "-ll", "-p", "7001", "-e", "echo", "hello from 7001"],
         false,
         false,
     )
@@ -1373,5 +1381,58 @@ async fn port_forward_over_a_websocket_tunnel() {
     let (got, err) = echo_through(forward(&conn, 7999, id).await, b"x".to_vec()).await;
     assert!(got.is_empty());
     assert!(err.contains("7999"), "{err}");
+    // Ready for the next part: a greeter on 7001.
+    let g = forward_when_listening(&conn, 7001, &mut id).await;
+    let (greeting, _) = echo_through(g, Vec::new()).await;
+    assert_eq!(greeting, b"hello from 7001\n");
     conn.close().await;
+
+    // kubelet's other WebSocket port-forward protocol: ports in the query, channel 2i data and
+    // 2i+1 errors of port i, each opened with the port (2 bytes little endian).
+    let url = env.port_forward_url(&pod.0).await;
+    let (mut ws, protocol) =
+        ws_connect(&format!("{url}?port=7001&port=7999"), "v4.channel.k8s.io").await;
+    assert_eq!(protocol, "v4.channel.k8s.io");
+    let got = ws_collect(&mut ws, false).await;
+    assert_eq!(got[0], b"\x59\x1bhello from 7001\n");
+    assert_eq!(got[1], b"\x59\x1b");
+    assert_eq!(got[2], b"\x3f\x1f");
+    assert!(got[3].starts_with(b"\x3f\x1f"), "{:?}", got[3]);
+    let err = String::from_utf8_lossy(&got[3][2..]).to_lowercase();
+    assert!(err.contains("7999") && err.contains("refused"), "{err}");
+    // Without ports it is refused before the upgrade.
+    let url = env.port_forward_url(&pod.0).await;
+    let (head, conn) = upgrade_ws_raw(&url, "v4.channel.k8s.io").await;
+    assert!(conn.is_none() && head.starts_with("HTTP/1.1 400"), "{head}");
+}
+
+/// A WebSocket upgrade request by hand; the response head and, on 101, the connection.
+async fn upgrade_ws_raw(url: &str, protocol: &str) -> (String, Option<TcpStream>) {
+    let rest = url.strip_prefix("http://").unwrap();
+    let (host, path) = rest.split_once('/').unwrap();
+    let mut tcp = TcpStream::connect(host).await.unwrap();
+    let req = format!(
+        "GET /{path} HTTP/1.1\r\nHost: {host}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+         Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+         Sec-WebSocket-Protocol: {protocol}\r\n\r\n"
+    );
+    tcp.write_all(req.as_bytes()).await.unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        let n = tokio::time::timeout(Duration::from_secs(10), tcp.read(&mut byte))
+            .await
+            .expect("response head in time")
+            .unwrap();
+        assert_eq!(
+            n,
+            1,
+            "closed in the head: {:?}",
+            String::from_utf8_lossy(&head)
+        );
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8(head).unwrap();
+    let ok = head.starts_with("HTTP/1.1 101");
+    (head, ok.then_some(tcp))
 }

@@ -23,13 +23,16 @@ use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use super::remotecommand::{pump, STREAM_CREATION_TIMEOUT};
-use super::spdy::{Connection, Stream, StreamWriter};
+use super::remotecommand::{pump, Reader, Writer, STREAM_CREATION_TIMEOUT};
+use super::spdy::{Connection, Stream};
+use super::ws;
 use crate::app::Daemon;
 use crate::sandbox::port_forward::{self, Target};
 
 /// Most incomplete stream pairs a session keeps at once; more are reset.
 pub const MAX_PENDING_PAIRS: usize = 1024;
+/// Without half-closes from the client, how long a pair lives on after the pod's side ended.
+pub const NO_HALF_CLOSE_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// The two streams of one forwarded connection, as they arrive.
 struct Pair {
@@ -182,12 +185,29 @@ async fn expire(pairs: &mut HashMap<String, Pair>) {
     }
 }
 
-/// One forwarded connection: connect in the pod, copy both ways with half-closes.
+/// One forwarded connection of an SPDY session; ends with the connection at the latest.
 async fn forward(target: Arc<Target>, port: u16, data: Stream, error: Stream, conn: Connection) {
     // The client never writes on the error stream; its reader is not needed.
-    let (_, mut error) = error.split();
-    let (from_client, mut to_client) = data.split();
-    let tcp = match port_forward::connect(&target, port).await {
+    let (_, error) = error.split();
+    let (from_client, to_client) = data.split();
+    tokio::select! {
+        () = copy_pair(&target, port, Box::new(from_client), Box::new(to_client), Box::new(error), true) => {}
+        _ = conn.closed() => {}
+    }
+}
+
+/// Connects in the pod and copies both ways. With `client_half_closes` the client's end of
+/// data is passed on and awaited; without (WebSocket v4 has no close signal) the pair ends
+/// [`NO_HALF_CLOSE_GRACE`] after the pod's side ended, as containerd does.
+async fn copy_pair(
+    target: &Target,
+    port: u16,
+    from_client: Reader,
+    mut to_client: Writer,
+    mut error: Writer,
+    client_half_closes: bool,
+) {
+    let tcp = match port_forward::connect(target, port).await {
         Ok(tcp) => tcp,
         Err(e) => {
             let msg = format!(
@@ -195,27 +215,138 @@ async fn forward(target: Arc<Target>, port: u16, data: Stream, error: Stream, co
                 target.pod_id
             );
             tracing::debug!(pod_id = %target.pod_id, port, error = %e, "port-forward connect");
-            report(&mut error, &msg).await;
+            let _ = error.write_all(msg.as_bytes()).await;
+            let _ = error.shutdown().await;
             let _ = to_client.shutdown().await;
             return;
         }
     };
     let _ = tcp.set_nodelay(true);
     let (from_pod, to_pod) = tcp.into_split();
-    let up = tokio::spawn(pump(from_client, to_pod));
-    let down = async {
-        pump(from_pod, &mut to_client).await;
-        // The pod's side ended: end the error stream without a message (client-go reads it to
-        // the end before it lets go of the connection). The client may still send.
-        let _ = error.shutdown().await;
-    };
-    tokio::select! {
-        () = async { down.await; let _ = up.await; } => {}
-        _ = conn.closed() => {}
+    let mut up = tokio::spawn(pump(from_client, to_pod));
+    pump(from_pod, &mut to_client).await;
+    // The pod's side ended: end the error stream without a message (client-go reads it to the
+    // end before it lets go of the connection). The client may still send.
+    let _ = error.shutdown().await;
+    if client_half_closes {
+        let _ = up.await;
+    } else if tokio::time::timeout(NO_HALF_CLOSE_GRACE, &mut up)
+        .await
+        .is_err()
+    {
+        up.abort();
     }
 }
 
-async fn report(error: &mut StreamWriter, msg: &str) {
-    let _ = error.write_all(msg.as_bytes()).await;
-    let _ = error.shutdown().await;
+/// The WebSocket port-forward protocol kubelet serves besides the SPDY tunnel
+/// (`v4.channel.k8s.io`, `v4.base64.channel.k8s.io`, or none): the ports come from the URL's
+/// `port` query parameters, channel `2i` carries the data of port `i` and `2i+1` its errors,
+/// each starting with the port as 2 bytes little endian; one connection per port, and the
+/// session ends when all of them ended.
+pub async fn serve_websocket(
+    daemon: Arc<Daemon>,
+    req: cri::PortForwardRequest,
+    ports: Vec<u16>,
+    protocol: &str,
+    upgraded: ws::Upgraded,
+) {
+    let count = u8::try_from(ports.len() * 2).unwrap_or(u8::MAX);
+    let readable: Vec<u8> = (0..count).step_by(2).collect();
+    let ws::Opened {
+        handle,
+        mut readers,
+        mut writers,
+    } = ws::open(upgraded, protocol, count, &readable);
+    let target = match daemon
+        .sandboxes()
+        .and_then(|s| s.port_forward_target(&req.pod_sandbox_id))
+    {
+        Ok(t) => Arc::new(t),
+        Err(e) => {
+            tracing::warn!(pod_id = %req.pod_sandbox_id, error = %e, "port-forward session");
+            handle.close().await;
+            return;
+        }
+    };
+    let mut pairs = Vec::new();
+    for (i, port) in ports
+        .iter()
+        .copied()
+        .enumerate()
+        .take(usize::from(count / 2))
+    {
+        let (Some(from_client), Some(mut to_client), Some(mut error)) = (
+            readers.get_mut(2 * i).and_then(Option::take),
+            writers.get_mut(2 * i).and_then(Option::take),
+            writers.get_mut(2 * i + 1).and_then(Option::take),
+        ) else {
+            continue;
+        };
+        let target = target.clone();
+        pairs.push(tokio::spawn(async move {
+            let _ = to_client.write_all(&port.to_le_bytes()).await;
+            let _ = error.write_all(&port.to_le_bytes()).await;
+            copy_pair(&target, port, from_client, to_client, error, false).await;
+        }));
+    }
+    let all = async {
+        for p in pairs {
+            let _ = p.await;
+        }
+    };
+    tokio::select! {
+        () = all => {}
+        () = handle.closed() => {}
+    }
+    tracing::info!(pod_id = %target.pod_id, ports = ?ports, "port-forward session ended");
+    handle.close().await;
+}
+
+/// The `port` query parameters of a WebSocket port-forward URL (`port=80&port=8080,9090`), as
+/// kubelet reads them: at least one, each in 1-65535.
+pub fn query_ports(query: Option<&str>) -> Result<Vec<u16>, String> {
+    let mut ports = Vec::new();
+    for pair in query.unwrap_or_default().split('&') {
+        let Some(value) = pair.strip_prefix("port=") else {
+            continue;
+        };
+        if value.is_empty() {
+            return Err("query parameter \"port\" cannot be empty".into());
+        }
+        let value = value.replace("%2C", ",").replace("%2c", ",");
+        for p in value.split(',') {
+            let port: u16 = p
+                .parse()
+                .map_err(|e| format!("unable to parse {p:?} as a port: {e}"))?;
+            if port == 0 {
+                return Err(format!("port {p:?} must be > 0"));
+            }
+            ports.push(port);
+        }
+    }
+    if ports.is_empty() {
+        return Err("query parameter \"port\" is required".into());
+    }
+    if ports.len() > 64 {
+        return Err(format!("{} ports requested, at most 64", ports.len()));
+    }
+    Ok(ports)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_ports_follow_kubelet() {
+        assert_eq!(query_ports(Some("port=80")).unwrap(), [80]);
+        assert_eq!(
+            query_ports(Some("x=1&port=80&port=8080,9090")).unwrap(),
+            [80, 8080, 9090]
+        );
+        assert!(query_ports(None).unwrap_err().contains("required"));
+        assert!(query_ports(Some("port=")).unwrap_err().contains("empty"));
+        assert!(query_ports(Some("port=0")).unwrap_err().contains("> 0"));
+        assert!(query_ports(Some("port=70000")).is_err());
+    }
 }

@@ -309,11 +309,7 @@ fn route(
         (_, false) => &REMOTECOMMAND_PROTOCOLS,
         (_, true) => &super::ws::REMOTECOMMAND_PROTOCOLS,
     };
-    let protocol = match negotiate(&offered, supported) {
-        // A port-forward tunnel must name its protocol.
-        Some("") if websocket && matches!(pending, Pending::PortForward(_)) => None,
-        other => other,
-    };
+    let protocol = negotiate(&offered, supported);
     let Some(protocol) = protocol else {
         let mut resp = plain(
             StatusCode::FORBIDDEN,
@@ -325,6 +321,18 @@ fn route(
             resp.headers_mut().insert(ACCEPTED_PROTOCOLS_HEADER, v);
         }
         return resp;
+    };
+    // The WebSocket channel protocol of port-forward names its ports in the query.
+    let ws_ports = if websocket
+        && matches!(pending, Pending::PortForward(_))
+        && protocol != super::ws::PORTFORWARD_TUNNEL
+    {
+        match super::portforward::query_ports(req.uri().query()) {
+            Ok(ports) => ports,
+            Err(e) => return plain(StatusCode::BAD_REQUEST, e),
+        }
+    } else {
+        Vec::new()
     };
     let upgrade = hyper::upgrade::on(&mut req);
     let transport = if websocket { "websocket" } else { "spdy" };
@@ -348,9 +356,12 @@ fn route(
                     super::remotecommand::attach(daemon, r, protocol, Transport::WebSocket(ws))
                         .await
                 }
-                Pending::PortForward(r) => {
+                Pending::PortForward(r) if protocol == super::ws::PORTFORWARD_TUNNEL => {
                     let (conn, streams) = spdy::Connection::server(super::ws::tunnel(ws));
                     super::portforward::serve(daemon, r, conn, streams).await
+                }
+                Pending::PortForward(r) => {
+                    super::portforward::serve_websocket(daemon, r, ws_ports, protocol, ws).await
                 }
             }
         } else {

@@ -42,8 +42,15 @@ pub const REMOTECOMMAND_PROTOCOLS: [&str; 9] = [
     "channel.k8s.io",
     "base64.channel.k8s.io",
 ];
-/// Port-forward over WebSocket as client-go's tunneling dialer speaks it: SPDY inside.
-pub const PORTFORWARD_PROTOCOLS: [&str; 1] = ["SPDY/3.1+portforward.k8s.io"];
+/// Port-forward over WebSocket: client-go's tunneling dialer (SPDY inside) first, then the
+/// channel protocol kubelet also serves (ports from the URL's query).
+pub const PORTFORWARD_PROTOCOLS: [&str; 3] = [
+    PORTFORWARD_TUNNEL,
+    "v4.channel.k8s.io",
+    "v4.base64.channel.k8s.io",
+];
+/// The tunneling protocol: binary messages carry an SPDY/3.1 connection.
+pub const PORTFORWARD_TUNNEL: &str = "SPDY/3.1+portforward.k8s.io";
 
 /// The v5 close signal's first byte.
 const STREAM_CLOSE: u8 = 255;
