@@ -7,6 +7,8 @@
 //!   messages whose channel is an ASCII digit and whose payload is base64. With
 //!   `v5.channel.k8s.io` the message `[255, channel]` is the client's close signal for that
 //!   channel (stdin's end). The session ends with a Close(1000) frame after everything written.
+//!   The same channel mode, with two channels per port, carries kubelet's WebSocket
+//!   port-forward protocol (`v4.channel.k8s.io`, [`super::portforward::serve_websocket`]).
 //! - **tunnel** (port-forward, `SPDY/3.1+portforward.k8s.io`): binary messages carry the bytes
 //!   of an SPDY connection, which [`super::portforward`] serves as over plain SPDY.
 //!
