@@ -14,6 +14,7 @@
 //! orders the record updates of start and exit so each transition happens, and is published,
 //! once.
 
+pub mod exec;
 pub mod host;
 pub mod record;
 pub mod resources;
@@ -973,30 +974,37 @@ impl Containers {
         Ok(())
     }
 
-    /// ExecSync.
+    /// ExecSync: the command runs as the container's own process would (see [`exec`]), without
+    /// stdin; a timeout, or the caller going away, kills it with everything it started.
     pub async fn exec_sync(
         self: &Arc<Self>,
         id: &str,
         cmd: &[String],
         timeout: Option<Duration>,
     ) -> Result<ExecOutput> {
-        if cmd.is_empty() {
-            return Err(Error::InvalidArgument("exec command is required".into()));
-        }
-        let rec = self.status(id).await?;
-        if rec.state != ContainerState::Running {
-            return Err(Error::FailedPrecondition(format!(
-                "container {} is {}, not running",
-                rec.id,
-                rec.state.name()
-            )));
-        }
+        exec::validate_cmd(cmd)?;
+        let rec = self.running(id).await?;
         let runtime = self.runtime(&rec.runtime_handler)?.clone();
-        let pid_file = exec_pid_file(&rec)?;
-        let command = runtime.exec_command(&rec.id, &pid_file, cmd, false);
-        let result = crate::runtime::oci::exec_sync(&rec.id, command, &pid_file, timeout).await;
-        let _ = std::fs::remove_file(&pid_file);
-        Ok(result?)
+        let files = Self::prepare_exec(&rec, cmd, false).await?;
+        let command = runtime.exec_command(&rec.id, &files);
+        Ok(crate::runtime::oci::exec_sync(&rec.id, command, files, timeout).await?)
+    }
+
+    /// The process file of one exec of `cmd` in `rec` (off the async workers).
+    async fn prepare_exec(
+        rec: &ContainerRecord,
+        cmd: &[String],
+        tty: bool,
+    ) -> Result<exec::ExecFiles> {
+        let token = new_id()?;
+        let bundle = rec.bundle.clone();
+        let monitor_dir = rec.monitor_dir.clone();
+        let cmd = cmd.to_vec();
+        tokio::task::spawn_blocking(move || {
+            exec::prepare(&bundle, &monitor_dir, &token[..12], &cmd, tty)
+        })
+        .await
+        .map_err(join_err)?
     }
 
     /// A running container, or `FailedPrecondition` naming its state.
@@ -1022,15 +1030,13 @@ impl Containers {
         stdout: bool,
         stderr: bool,
     ) -> Result<crate::runtime::oci::ExecProcess> {
-        if cmd.is_empty() {
-            return Err(Error::InvalidArgument("exec command is required".into()));
-        }
+        exec::validate_cmd(cmd)?;
         let rec = self.running(id).await?;
         let runtime = self.runtime(&rec.runtime_handler)?.clone();
-        let pid_file = exec_pid_file(&rec)?;
-        let command = runtime.exec_command(&rec.id, &pid_file, cmd, tty);
+        let files = Self::prepare_exec(&rec, cmd, tty).await?;
+        let command = runtime.exec_command(&rec.id, &files);
         Ok(crate::runtime::oci::spawn_exec(
-            &rec.id, command, &pid_file, tty, stdin, stdout, stderr,
+            &rec.id, command, files, tty, stdin, stdout, stderr,
         )?)
     }
 
@@ -1126,12 +1132,6 @@ fn localhost_seccomp(config: &cri::ContainerConfig) -> Option<String> {
 }
 
 const SIGKILL: i32 = 9;
-
-/// A fresh pid file path for one exec in the container's monitor dir.
-fn exec_pid_file(rec: &ContainerRecord) -> Result<PathBuf> {
-    let token = new_id()?;
-    Ok(rec.monitor_dir.join(format!("exec-{}.pid", &token[..12])))
-}
 
 /// Whether the container's monitor still runs: the recorded pid is alive *and* its command line
 /// names this container (after a reboot or a long downtime the pid may be anybody's).

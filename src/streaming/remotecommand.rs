@@ -338,7 +338,7 @@ async fn run_exec(
             Err(e) => Outcome::Failed(e.to_string()),
         },
         _ = conn.closed() => {
-            process.kill();
+            process.kill().await;
             Outcome::Failed("the client went away".into())
         }
     }
