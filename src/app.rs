@@ -76,6 +76,8 @@ pub struct Daemon {
     cni_conf: Arc<ConfDir>,
     /// The streaming server, once `run` serves it.
     streaming: OnceLock<Arc<StreamServer>>,
+    /// Per-pod and per-image locks of the cross-domain operations (`crate::lifecycle`).
+    pub(crate) locks: Arc<crate::lifecycle::Locks>,
 }
 
 impl Daemon {
@@ -93,6 +95,7 @@ impl Daemon {
             events: Events::new(),
             cni_conf,
             streaming: OnceLock::new(),
+            locks: Arc::default(),
         })
     }
 

@@ -638,6 +638,12 @@ async fn kill_9_during_a_pull_leaves_no_partial_image_and_a_repull_reuses_finish
     let small = images_dir
         .join("layers")
         .join(image.layers[0].diff_id.trim_start_matches("sha256:"));
+    // The layer counts as finished once its record is written too (the first layer's chain id
+    // is its diff id), not only its directory renamed into place.
+    let small_record = d.paths.root.join("layer").join(format!(
+        "{}.json",
+        image.layers[0].diff_id.trim_start_matches("sha256:")
+    ));
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let streaming = std::fs::read_dir(images_dir.join("tmp"))
@@ -648,7 +654,7 @@ async fn kill_9_during_a_pull_leaves_no_partial_image_and_a_repull_reuses_finish
                 e.file_name().to_string_lossy().starts_with("blob")
                     && e.metadata().map(|m| m.len() > (4 << 20)).unwrap_or(false)
             });
-        if streaming && small.exists() {
+        if streaming && small.exists() && small_record.exists() {
             break;
         }
         assert!(

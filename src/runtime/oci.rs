@@ -80,6 +80,34 @@ pub struct Created {
     pub monitor_pid: u32,
 }
 
+/// A container as the runtime sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RuntimeState {
+    /// `creating`, `created`, `running`, `paused` or `stopped`.
+    pub status: String,
+    /// The container's init (host pid; 0 once stopped).
+    pub pid: u32,
+}
+
+impl RuntimeState {
+    /// Whether the container's init runs (started or not).
+    pub fn is_alive(&self) -> bool {
+        matches!(self.status.as_str(), "created" | "running" | "paused") && self.pid != 0
+    }
+}
+
+/// Parses `<runtime> state` output.
+fn parse_state(out: &[u8]) -> Option<RuntimeState> {
+    let v: serde_json::Value = serde_json::from_slice(out).ok()?;
+    Some(RuntimeState {
+        status: v["status"].as_str()?.to_string(),
+        pid: v["pid"]
+            .as_u64()
+            .and_then(|p| u32::try_from(p).ok())
+            .unwrap_or(0),
+    })
+}
+
 /// Output of a synchronous exec.
 #[derive(Debug, Clone, Default)]
 pub struct ExecOutput {
@@ -103,6 +131,9 @@ pub trait OciRuntime: Send + Sync + 'static {
     fn start(&self, id: &str) -> Result<(), RuntimeError>;
     /// Sends `signal` to the container's init (or every process with `all`).
     fn kill(&self, id: &str, signal: i32, all: bool) -> Result<(), RuntimeError>;
+    /// What the runtime knows of the container (`<runtime> state`): `None` when it has no such
+    /// container.
+    fn state(&self, id: &str) -> Result<Option<RuntimeState>, RuntimeError>;
     /// Deletes the runtime's state of the container; missing is fine.
     fn delete(&self, id: &str) -> Result<(), RuntimeError>;
     /// `update --resources -` with the OCI `LinuxResources` JSON.
@@ -280,6 +311,40 @@ impl OciRuntime for Monitored {
         }
         cmd.arg(id).arg(signal.to_string());
         self.run("kill", id, cmd)
+    }
+
+    fn state(&self, id: &str) -> Result<Option<RuntimeState>, RuntimeError> {
+        let mut cmd = self.base();
+        cmd.arg("state").arg(id);
+        let out = cmd
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .output()
+            .map_err(|source| RuntimeError::Spawn {
+                what: format!("{} state", self.binary.display()),
+                source,
+            })?;
+        let failed = |message: String| RuntimeError::Failed {
+            runtime: self.name.clone(),
+            op: "state",
+            id: id.to_string(),
+            message,
+        };
+        if !out.status.success() {
+            let message = String::from_utf8_lossy(&out.stderr).trim().to_string();
+            // runc: "container does not exist"; crun: "error opening file `…/status`: No such
+            // file or directory".
+            if message.contains("does not exist") || message.contains("No such file") {
+                return Ok(None);
+            }
+            return Err(failed(message));
+        }
+        parse_state(&out.stdout).map(Some).ok_or_else(|| {
+            failed(format!(
+                "unexpected state output {:?}",
+                String::from_utf8_lossy(&out.stdout)
+            ))
+        })
     }
 
     fn delete(&self, id: &str) -> Result<(), RuntimeError> {
@@ -756,6 +821,23 @@ async fn read_bounded<R: tokio::io::AsyncRead + Unpin>(stream: Option<&mut R>) -
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn runtime_state_parses() {
+        let st =
+            parse_state(br#"{"ociVersion":"1.0.2","id":"c","pid":42,"status":"running"}"#).unwrap();
+        assert_eq!(
+            st,
+            RuntimeState {
+                status: "running".into(),
+                pid: 42
+            }
+        );
+        assert!(st.is_alive());
+        let st = parse_state(br#"{"id":"c","pid":0,"status":"stopped"}"#).unwrap();
+        assert!(!st.is_alive());
+        assert_eq!(parse_state(b"nonsense"), None);
+    }
 
     #[test]
     fn monitor_output_parses() {
