@@ -8,6 +8,7 @@ pub mod busybox;
 pub mod cgroups;
 pub mod daemon;
 pub mod fixtures;
+pub mod leaks;
 pub mod network;
 pub mod pods;
 pub mod registry;

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use crius_e2e::busybox::BusyboxDaemon;
 use crius_e2e::cgroups::TestCgroup;
 use crius_e2e::daemon::Options;
-use crius_e2e::{network, pods, sweep};
+use crius_e2e::{leaks, network, pods, sweep};
 use k8s_cri::v1 as cri;
 
 struct Env {
@@ -165,38 +165,8 @@ impl Env {
 
     /// After everything was removed: no netns, mount, veth, IP, monitor, runtime state or record.
     fn assert_nothing_left(&self) {
-        let d = &self.b.d;
-        assert!(
-            self.b.net.ip_files().is_empty(),
-            "IPs left: {:?}",
-            self.b.net.ip_files()
-        );
-        assert_eq!(self.b.net.veths(), 0, "veths left");
-        assert!(
-            sweep::monitors(&d.paths.runroot).is_empty(),
-            "monitors left"
-        );
-        assert!(
-            sweep::mount_points_under(&d.paths.runroot).is_empty()
-                && sweep::mount_points_under(&d.paths.root).is_empty(),
-            "mounts left: {:?} {:?}",
-            sweep::mount_points_under(&d.paths.runroot),
-            sweep::mount_points_under(&d.paths.root)
-        );
-        for kind in ["sandbox", "container"] {
-            let dir = d.paths.root.join(kind);
-            let left: Vec<_> = std::fs::read_dir(&dir)
-                .map(|e| e.flatten().map(|e| e.file_name()).collect())
-                .unwrap_or_default();
-            assert!(left.is_empty(), "{kind} records left: {left:?}");
-        }
-        for handler in ["runc", "crun"] {
-            let dir = d.paths.runroot.join("runtimes").join(handler);
-            let left: Vec<_> = std::fs::read_dir(&dir)
-                .map(|e| e.flatten().map(|e| e.file_name()).collect())
-                .unwrap_or_default();
-            assert!(left.is_empty(), "{handler} state left: {left:?}");
-        }
+        let left = leaks::leftovers(&self.b.d, &self.b.net, None);
+        assert!(left.is_empty(), "left behind: {left:#?}");
     }
 }
 
