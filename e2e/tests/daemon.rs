@@ -128,7 +128,49 @@ async fn status_verbose_reports_the_effective_config_and_handlers() {
         .iter()
         .map(|h| h.name.as_str())
         .collect();
-    assert_eq!(names, ["crun", "runc"]);
+    assert_eq!(names, ["", "crun", "runc"]);
+}
+
+/// Handler name → (recursive read-only mounts, user namespaces), as `Status` reports them.
+async fn handler_features(d: &Daemon) -> std::collections::BTreeMap<String, (bool, bool)> {
+    d.runtime()
+        .await
+        .status(cri::StatusRequest { verbose: false })
+        .await
+        .unwrap()
+        .into_inner()
+        .runtime_handlers
+        .into_iter()
+        .map(|h| {
+            let f = h.features.unwrap();
+            (h.name, (f.recursive_read_only_mounts, f.user_namespaces))
+        })
+        .collect()
+}
+
+/// Issue 11 item 2: clients look up the handler they run with, `""` unless a RuntimeClass names
+/// one; crius listed only the named handlers, so critest skipped its user namespace and
+/// recursive read-only specs.
+#[tokio::test]
+async fn status_lists_the_default_handler_under_the_empty_name_with_its_features() {
+    let d = Daemon::start().await;
+    let features = handler_features(&d).await;
+    assert_eq!(
+        features.keys().map(String::as_str).collect::<Vec<_>>(),
+        ["", "crun", "runc"]
+    );
+    assert_eq!(features[""], features["runc"], "{features:?}");
+    drop(d);
+
+    // The empty name follows `default_handler`: runc reports rro, crun 1.8.1 does not.
+    let d = Daemon::start_with(Options {
+        extra_config: "[runtime]\ndefault_handler = \"crun\"\n".into(),
+        ..Options::default()
+    })
+    .await;
+    let features = handler_features(&d).await;
+    assert_eq!(features[""], features["crun"], "{features:?}");
+    assert_ne!(features["crun"], features["runc"], "{features:?}");
 }
 
 #[tokio::test]
