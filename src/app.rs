@@ -218,6 +218,9 @@ impl Daemon {
                     cgroups: cgroups.clone(),
                     host: crate::container::spec::HostView {
                         pids_limit: config.runtime.pids_limit,
+                        seccomp_use_default_when_empty: config
+                            .runtime
+                            .seccomp_use_default_when_empty,
                         ..crate::container::host::detect()
                     },
                 };

@@ -62,6 +62,9 @@ pub struct RuntimeConfig {
     pub monitor_path: PathBuf,
     /// Maximum number of processes per container (the pids cgroup); 0 = no limit.
     pub pids_limit: i64,
+    /// A container whose request names no seccomp profile gets `RuntimeDefault`; false: it
+    /// runs unconfined (kubelet sends `RuntimeDefault` explicitly when it wants it).
+    pub seccomp_use_default_when_empty: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -203,6 +206,7 @@ impl Default for RuntimeConfig {
             handlers: [handler("runc"), handler("crun")].into_iter().collect(),
             monitor_path: PathBuf::from("crius-conmon"),
             pids_limit: 0,
+            seccomp_use_default_when_empty: false,
         }
     }
 }
