@@ -105,6 +105,9 @@ pub struct ImageConfig {
     /// Docker-style credentials file (`{"auths": {"HOST": {"auth": "base64(user:pass)"}}}`),
     /// used when a pull carries no credentials. Empty: none.
     pub auth_file: PathBuf,
+    /// Registries on loopback (`localhost`, `127.0.0.0/8`, `::1`) without a `ca_file` are
+    /// `insecure` (TLS without verification, then plain HTTP), as in containerd.
+    pub insecure_loopback: bool,
     /// Per-registry settings by host (`"docker.io"`, `"registry.k8s.io"`, `"127.0.0.1:5000"`).
     pub registries: BTreeMap<String, RegistryConfig>,
 }
@@ -218,6 +221,7 @@ impl Default for ImageConfig {
             pinned_images: Vec::new(),
             max_concurrent_downloads: 3,
             auth_file: PathBuf::new(),
+            insecure_loopback: true,
             registries: BTreeMap::new(),
         }
     }
