@@ -889,6 +889,58 @@ async fn https_registry_needs_a_trusted_certificate_or_insecure() {
     assert_eq!(image.repo_tags, vec![reference.clone()]);
 }
 
+/// Issue 11 item 6: critest pulls with a 1 ms deadline and expects DeadlineExceeded; tonic's
+/// own `grpc-timeout` timer answered Cancelled. A tonic client enforces the timeout itself (and
+/// says Cancelled too), so the request goes out through the raw client, which waits for the
+/// daemon's answer.
+#[tokio::test]
+async fn a_pull_whose_client_deadline_passes_answers_deadline_exceeded() {
+    use crius_e2e::grpc_raw::{self, Conn};
+    let fx = registry::shared();
+    let d = daemon_for("").await;
+    let pull = |timeout: &str| {
+        let block = grpc_raw::c_core_block(
+            "/runtime.v1.ImageService/PullImage",
+            "localhost",
+            &[("grpc-timeout", timeout)],
+        );
+        let body = grpc_raw::grpc_message(&cri::PullImageRequest {
+            image: spec(&fx.busybox_ref()),
+            auth: None,
+            sandbox_config: None,
+        });
+        (block, body)
+    };
+    const TRIES: usize = 5;
+    for attempt in 0..TRIES {
+        let mut conn = Conn::connect(&d.paths.socket).await;
+        let (block, body) = pull("1m");
+        let call = conn.call(&block, &body).await;
+        assert_eq!(call.reset, None, "attempt {attempt}: {call:?}");
+        assert_eq!(
+            call.grpc_status(),
+            Some(tonic::Code::DeadlineExceeded as i32),
+            "attempt {attempt}: {call:?}"
+        );
+    }
+    let (_, body) = d.http_get("/metrics");
+    assert_eq!(
+        metric_value(
+            &body,
+            "crius_operations_errors_total{code=\"DeadlineExceeded\",operation=\"PullImage\"}"
+        ),
+        Some(TRIES as f64),
+        "{body}"
+    );
+    // A deadline that leaves time is met, and nothing of the abandoned pulls is in the way.
+    let mut conn = Conn::connect(&d.paths.socket).await;
+    let (block, body) = pull("60S");
+    let call = conn.call(&block, &body).await;
+    assert_eq!(call.grpc_status(), Some(0), "{call:?}");
+    let resp: cri::PullImageResponse = call.message().unwrap();
+    assert_eq!(resp.image_ref, fx.layout().busybox.image_id());
+}
+
 /// Issue 11 item 7: `crictl pull 127.0.0.1:5000/...` failed with a TLS error unless a registry
 /// table marked the host insecure; containerd falls back to plain HTTP for loopback hosts.
 #[tokio::test]
