@@ -115,6 +115,14 @@ pub struct Conn {
     next_stream: u32,
 }
 
+/// The big-endian u32 at `at`; `u32::MAX` for a payload too short to hold one.
+fn be_u32(payload: &[u8], at: usize) -> u32 {
+    payload
+        .get(at..at + 4)
+        .and_then(|b| b.try_into().ok())
+        .map_or(u32::MAX, u32::from_be_bytes)
+}
+
 fn frame(kind: u8, flags: u8, stream_id: u32, payload: &[u8]) -> Vec<u8> {
     let mut out = (payload.len() as u32).to_be_bytes()[1..].to_vec();
     out.push(kind);
@@ -173,8 +181,9 @@ impl Conn {
                 return call;
             };
             if (kind == DATA || kind == HEADERS) && flags & PADDED != 0 {
-                let pad = usize::from(payload[0]);
-                payload = payload[1..payload.len() - pad].to_vec();
+                let pad = usize::from(payload.first().copied().unwrap_or(0));
+                let end = payload.len().saturating_sub(pad);
+                payload = payload.get(1..end).unwrap_or_default().to_vec();
             }
             match kind {
                 SETTINGS if flags & ACK == 0 => {
@@ -186,17 +195,17 @@ impl Conn {
                     self.stream.write_all(&pong).await.expect("answer ping");
                 }
                 GOAWAY => {
-                    call.reset = Some(u32::from_be_bytes(payload[4..8].try_into().unwrap()));
+                    call.reset = Some(be_u32(&payload, 4));
                     return call;
                 }
                 RST_STREAM if stream == id => {
-                    call.reset = Some(u32::from_be_bytes(payload[..4].try_into().unwrap()));
+                    call.reset = Some(be_u32(&payload, 0));
                     return call;
                 }
                 HEADERS | CONTINUATION => {
                     if kind == HEADERS {
                         if flags & PRIORITY != 0 {
-                            payload.drain(..5);
+                            payload.drain(..payload.len().min(5));
                         }
                         block_ends_stream = flags & END_STREAM != 0;
                     }
