@@ -182,7 +182,7 @@ impl Rewriter {
             }
             (_, Some(block)) => {
                 self.block = Some(block);
-                return Err("a HEADERS frame interrupts a header block");
+                return Err("another header block interrupts this one");
             }
             _ => return Err("CONTINUATION without a header block"),
         };
