@@ -6,6 +6,7 @@
 #![deny(unsafe_code)]
 
 pub mod app;
+pub mod authority;
 pub mod cgroups;
 pub mod config;
 pub mod container;
