@@ -1213,8 +1213,10 @@ impl Containers {
         id: &str,
         resources: cri::LinuxContainerResources,
     ) -> Result<()> {
-        let rec = self.status(id).await?;
+        let rec = self.resolve(id)?;
         let _held = self.locks.lock(&rec.id).await;
+        // Read under the lock: a stop that held it may have just ended the container.
+        let rec = self.status(&rec.id).await?;
         if rec.state == ContainerState::Exited {
             return Err(Error::FailedPrecondition(format!(
                 "container {} has exited",
@@ -1225,7 +1227,16 @@ impl Containers {
         let json = resources::resources_json(&resources, self.settings.host.cgroup_v2);
         let this = self.clone();
         tokio::task::spawn_blocking(move || {
-            runtime.update(&rec.id, &json)?;
+            if let Err(e) = runtime.update(&rec.id, &json) {
+                // The container exited on its own meanwhile: say so, not "internal".
+                if this.refresh_blocking(&rec.id)?.state == ContainerState::Exited {
+                    return Err(Error::FailedPrecondition(format!(
+                        "container {} has exited",
+                        rec.id
+                    )));
+                }
+                return Err(e.into());
+            }
             let resources_pb = b64(resources.encode_to_vec());
             this.records.modify(
                 &rec.id,
