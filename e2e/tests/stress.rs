@@ -292,3 +292,130 @@ async fn twenty_workers_of_mixed_operations_keep_every_invariant() {
     let left = leaks::leftovers(&b.d, &b.net, Some(&cg));
     assert!(left.is_empty(), "left behind: {left:#?}");
 }
+
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// 1 000 pods (`CRIUS_CHURN_PODS`), 10 at a time, each with a started container, stopped and
+/// removed: nothing is left, and the daemon's RSS at the end is within 20 % of what it was
+/// after the first 100 pods. Run by `make chaos` (ignored in `make test`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "long: run with make chaos"]
+async fn a_thousand_pod_churn_leaks_nothing_and_memory_settles() {
+    let total: u64 = std::env::var("CRIUS_CHURN_PODS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1000);
+    let b = Arc::new(BusyboxDaemon::start(Options::default()).await);
+    let logs = Arc::new(tempfile::tempdir().unwrap());
+    let cg = Arc::new(TestCgroup::new("churn"));
+    let next = Arc::new(AtomicU64::new(0));
+    let done = Arc::new(AtomicU64::new(0));
+    let rss_100 = Arc::new(AtomicU64::new(0));
+    let pid = b.d.pid().unwrap();
+    let started = Instant::now();
+    let workers: Vec<_> = (0..10)
+        .map(|_| {
+            let (b, logs, cg, next, done, rss_100) = (
+                b.clone(),
+                logs.clone(),
+                cg.clone(),
+                next.clone(),
+                done.clone(),
+                rss_100.clone(),
+            );
+            tokio::spawn(async move {
+                let mut rt = b.d.runtime().await;
+                loop {
+                    let n = next.fetch_add(1, Ordering::Relaxed);
+                    if n >= total {
+                        return;
+                    }
+                    let name = format!("churn-{n}");
+                    let mut req = pods::pod(&name);
+                    req.runtime_handler = if n % 2 == 0 { "runc" } else { "crun" }.into();
+                    pods::config(&mut req).log_directory =
+                        logs.path().join(&name).display().to_string();
+                    pods::linux(&mut req).cgroup_parent = cg.child(&name);
+                    let config = req.config.clone().unwrap();
+                    let pod = rt
+                        .run_pod_sandbox(req)
+                        .await
+                        .unwrap()
+                        .into_inner()
+                        .pod_sandbox_id;
+                    let id = rt
+                        .create_container(cri::CreateContainerRequest {
+                            pod_sandbox_id: pod.clone(),
+                            config: Some(cri::ContainerConfig {
+                                metadata: Some(cri::ContainerMetadata {
+                                    name: "c".into(),
+                                    attempt: 0,
+                                }),
+                                image: Some(cri::ImageSpec {
+                                    image: b.image.clone(),
+                                    ..Default::default()
+                                }),
+                                command: vec!["sleep".into(), "1000".into()],
+                                log_path: "c.log".into(),
+                                linux: Some(cri::LinuxContainerConfig {
+                                    security_context: Some(cri::LinuxContainerSecurityContext {
+                                        namespace_options: Some(cri::NamespaceOption {
+                                            pid: cri::NamespaceMode::Container as i32,
+                                            ..Default::default()
+                                        }),
+                                        ..Default::default()
+                                    }),
+                                    ..Default::default()
+                                }),
+                                ..Default::default()
+                            }),
+                            sandbox_config: Some(config),
+                        })
+                        .await
+                        .unwrap()
+                        .into_inner()
+                        .container_id;
+                    rt.start_container(cri::StartContainerRequest { container_id: id })
+                        .await
+                        .unwrap();
+                    rt.stop_pod_sandbox(cri::StopPodSandboxRequest {
+                        pod_sandbox_id: pod.clone(),
+                    })
+                    .await
+                    .unwrap();
+                    rt.remove_pod_sandbox(cri::RemovePodSandboxRequest {
+                        pod_sandbox_id: pod,
+                    })
+                    .await
+                    .unwrap();
+                    if done.fetch_add(1, Ordering::Relaxed) + 1 == 100.min(total) {
+                        rss_100.store(rss_kib(pid), Ordering::Relaxed);
+                    }
+                }
+            })
+        })
+        .collect();
+    for w in workers {
+        w.await.unwrap();
+    }
+    let took = started.elapsed();
+    let rss_end = rss_kib(pid);
+    let rss_100 = rss_100.load(Ordering::Relaxed);
+    eprintln!(
+        "churn: {total} pods in {took:?} ({:.1} pods/s); daemon RSS {rss_100} KiB after 100 pods, {rss_end} KiB at the end",
+        total as f64 / took.as_secs_f64()
+    );
+    let left = leaks::leftovers(&b.d, &b.net, Some(&cg));
+    assert!(left.is_empty(), "left behind: {left:#?}");
+    assert!(
+        rss_end * 10 <= rss_100 * 12,
+        "daemon RSS grew from {rss_100} KiB (100 pods) to {rss_end} KiB ({total} pods)"
+    );
+}
