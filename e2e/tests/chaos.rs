@@ -81,10 +81,15 @@ impl Chaos {
         self.pods += 1;
         let name = format!("chaos-{}", self.pods);
         let mut req = pods::pod(&name);
-        req.runtime_handler = if self.pods % 2 == 0 { "crun" } else { "runc" }.into();
+        req.runtime_handler = if self.pods.is_multiple_of(2) {
+            "crun"
+        } else {
+            "runc"
+        }
+        .into();
         pods::config(&mut req).log_directory = self.logs.path().join(&name).display().to_string();
         pods::linux(&mut req).cgroup_parent = self.cg.child(&name);
-        if self.pods % 3 == 0 {
+        if self.pods.is_multiple_of(3) {
             pods::namespaces(&mut req).pid = cri::NamespaceMode::Pod as i32;
         }
         req
@@ -375,6 +380,7 @@ impl Chaos {
 
 /// What an interrupted operation's retry is.
 #[derive(Debug)]
+#[allow(clippy::large_enum_variant)]
 enum Retry {
     RunPod(cri::RunPodSandboxRequest),
     Create(cri::CreateContainerRequest),

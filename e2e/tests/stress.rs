@@ -339,7 +339,7 @@ async fn a_thousand_pod_churn_leaks_nothing_and_memory_settles() {
                     }
                     let name = format!("churn-{n}");
                     let mut req = pods::pod(&name);
-                    req.runtime_handler = if n % 2 == 0 { "runc" } else { "crun" }.into();
+                    req.runtime_handler = if n.is_multiple_of(2) { "runc" } else { "crun" }.into();
                     pods::config(&mut req).log_directory =
                         logs.path().join(&name).display().to_string();
                     pods::linux(&mut req).cgroup_parent = cg.child(&name);
