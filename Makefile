@@ -12,12 +12,13 @@ PACKAGES_TEST  := docker-registry skopeo umoci busybox-static apache2-utils jq c
 CNI_CONF_DIR ?= /etc/cni/net.d
 RUN_ARGS ?=
 
-.PHONY: help run test lint build build-release deps deps-test install-cni host-setup unit e2e bench clean
+.PHONY: help run test lint build build-release deps deps-test install-cni host-setup unit e2e chaos bench clean
 
 help:
 	@echo "make run    install what is missing, build, start crius with the default config"
 	@echo "make test   install what the tests need, build, run unit + e2e tests and lint"
 	@echo "make lint   cargo fmt --check and clippy -D warnings"
+	@echo "make chaos  the long fault suites: 60 seeded kill -9s, the 1000-pod churn"
 
 # Installs the Debian packages in $(1) that are not installed yet.
 define apt_install
@@ -68,6 +69,15 @@ unit: build
 
 e2e: deps-test build host-setup
 	$(CARGO) test -p crius-e2e
+
+# The long fault suites, not in `make test`: the chaos suite with 60 kills (CHAOS_KILLS, seed
+# CHAOS_SEED) and the 1 000-pod churn (CHURN_PODS) with its leak and RSS checks.
+CHAOS_KILLS ?= 60
+CHAOS_SEED ?= 1
+CHURN_PODS ?= 1000
+chaos: deps-test build host-setup
+	CRIUS_CHAOS_KILLS=$(CHAOS_KILLS) CRIUS_CHAOS_SEED=$(CHAOS_SEED) $(CARGO) test -p crius-e2e --test chaos -- --nocapture
+	CRIUS_CHURN_PODS=$(CHURN_PODS) $(CARGO) test -p crius-e2e --test stress a_thousand_pod_churn -- --ignored --nocapture
 
 test: deps-test build host-setup
 	$(CARGO) test --workspace

@@ -16,7 +16,9 @@ use serde::{Deserialize, Serialize};
 use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::watch;
 use tokio_stream::wrappers::UnixListenerStream;
+use tokio_stream::StreamExt;
 
+use crate::authority::AuthorityFix;
 use crate::config::{Config, Sources};
 use crate::container::{Containers, Settings as ContainerSettings};
 use crate::error::{Error, Result};
@@ -76,6 +78,8 @@ pub struct Daemon {
     cni_conf: Arc<ConfDir>,
     /// The streaming server, once `run` serves it.
     streaming: OnceLock<Arc<StreamServer>>,
+    /// Per-pod and per-image locks of the cross-domain operations (`crate::lifecycle`).
+    pub(crate) locks: Arc<crate::lifecycle::Locks>,
 }
 
 impl Daemon {
@@ -93,6 +97,7 @@ impl Daemon {
             events: Events::new(),
             cni_conf,
             streaming: OnceLock::new(),
+            locks: Arc::default(),
         })
     }
 
@@ -218,6 +223,9 @@ impl Daemon {
                     cgroups: cgroups.clone(),
                     host: crate::container::spec::HostView {
                         pids_limit: config.runtime.pids_limit,
+                        seccomp_use_default_when_empty: config
+                            .runtime
+                            .seccomp_use_default_when_empty,
                         ..crate::container::host::detect()
                     },
                 };
@@ -470,10 +478,13 @@ pub async fn run(
 
     let service = CriService::new(daemon);
     let mut drained = stop_rx.clone();
+    // Any :authority is accepted on the unix socket (grpc C-core sends the socket path).
+    let incoming = UnixListenerStream::new(listener).map(|conn| conn.map(AuthorityFix::new));
     let server = tonic::transport::Server::builder()
+        .layer(crate::server::instrument::DeadlineLayer)
         .add_service(RuntimeServiceServer::new(service.clone()))
         .add_service(ImageServiceServer::new(service))
-        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), async move {
+        .serve_with_incoming_shutdown(incoming, async move {
             crate::metrics::stopped(&mut drained).await;
             tracing::info!("shutting down: no new connections, draining in-flight RPCs");
         });

@@ -94,6 +94,23 @@ impl Cgroups {
         &self.root
     }
 
+    /// The directories [`Cgroups::ensure`] would create for `cgroup` now (parents first): what
+    /// a create records before it makes them, so that a crash in between can be cleaned up.
+    pub fn missing(&self, cgroup: &str) -> Result<Vec<PathBuf>, CgroupError> {
+        let rel = relative(cgroup)?;
+        let mut out = Vec::new();
+        for (hierarchy, _) in &self.hierarchies {
+            let mut dir = hierarchy.clone();
+            for part in rel.components() {
+                dir.push(part);
+                if !dir.exists() {
+                    out.push(dir.clone());
+                }
+            }
+        }
+        Ok(out)
+    }
+
     /// Creates `cgroup` (an absolute cgroupfs path such as `/kubepods/pod1`) in every hierarchy
     /// and returns the directories that did not exist before (parents first), which is what
     /// [`Cgroups::remove_created`] later removes. On failure, what was created is removed again.

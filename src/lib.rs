@@ -6,6 +6,7 @@
 #![deny(unsafe_code)]
 
 pub mod app;
+pub mod authority;
 pub mod cgroups;
 pub mod config;
 pub mod container;
@@ -14,6 +15,7 @@ pub mod events;
 pub mod idmap;
 pub mod image;
 pub mod keyed;
+pub mod lifecycle;
 pub mod metrics;
 pub mod runtime;
 pub mod sandbox;

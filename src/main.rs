@@ -161,12 +161,23 @@ fn serve(cfg: config::Config, sources: Sources) -> anyhow::Result<()> {
             .write(true)
             .open(&lock_path)
             .with_context(|| format!("open {}", lock_path.display()))?;
-        lock.try_lock().map_err(|_| {
-            anyhow::anyhow!(
-                "state root {} is in use by another crius",
-                cfg.state.root.display()
-            )
-        })?;
+        // A daemon killed a moment ago may still share the lock through a child it had forked
+        // but not yet exec'd (the lock's descriptor closes at that exec): wait a little.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        let mut waited = false;
+        while lock.try_lock().is_err() {
+            if !waited {
+                tracing::warn!(path = %lock_path.display(), "state root lock busy; waiting up to 5 s");
+                waited = true;
+            }
+            if std::time::Instant::now() >= deadline {
+                anyhow::bail!(
+                    "state root {} is in use by another crius",
+                    cfg.state.root.display()
+                );
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
 
         // Read the streaming TLS files before anything is bound.
         let stream_settings = crius::streaming::server::StreamSettings::from_config(&cfg.api)

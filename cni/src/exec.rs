@@ -162,6 +162,15 @@ impl Verb {
 }
 
 /// Everything a single invocation needs besides the plugin config.
+/// Whether `path` is a network namespace file (nsfs), not a plain file or nothing.
+fn is_netns(path: &Path) -> bool {
+    const NSFS_MAGIC: i64 = 0x6e73_6673;
+    // `f_type` is i64 on x86_64 and narrower elsewhere.
+    #[allow(clippy::unnecessary_cast)]
+    let is_nsfs = |s: rustix::fs::StatFs| s.f_type as i64 == NSFS_MAGIC;
+    !path.as_os_str().is_empty() && rustix::fs::statfs(path).is_ok_and(is_nsfs)
+}
+
 struct Env<'a> {
     network: &'a str,
     container_id: &'a str,
@@ -319,8 +328,11 @@ impl Cni {
     /// Uses the cached config list (and the cached result as `prevResult`, for cniVersion >=
     /// 0.4.0) when ADD recorded one, so it works after the conf file changed or vanished; `net`
     /// is the fallback. With `net == None`, every cached network of this container/ifname is
-    /// deleted. Idempotent: nothing cached and no `net` is success. `CNI_NETNS` is passed as-is
-    /// even when the path is gone (plugins treat a missing netns as already cleaned). CNI_ARGS
+    /// deleted. Idempotent: nothing cached and no `net` is success. `CNI_NETNS` is the path when
+    /// it still is a network namespace, and empty when it is not (gone, or a pin whose mount went
+    /// away, as after a reboot): the CNI spec has plugins treat that as a namespace already
+    /// cleaned, so IPAM still releases the address (an unmounted pin given as-is made the
+    /// loopback plugin fail with "unknown FS magic" forever). CNI_ARGS
     /// and capabilities come from `att` unless empty, then from the cache.
     pub fn del(
         &self,
@@ -328,6 +340,11 @@ impl Cni {
         att: &Attachment<'_>,
     ) -> Result<(), CniError> {
         validate_attachment(att)?;
+        let netns: &Path = if is_netns(att.netns) {
+            att.netns
+        } else {
+            Path::new("")
+        };
         let targets: Vec<(PathBuf, Option<CacheEntry>, Option<NetworkConfigList>)> = match net {
             Some(net) => {
                 validate_network(net)?;
@@ -370,7 +387,7 @@ impl Cni {
             let env = Env {
                 network: &list.name,
                 container_id: att.container_id,
-                netns: att.netns,
+                netns,
                 ifname: att.ifname,
                 args: cni_args(&args),
             };

@@ -22,7 +22,11 @@ struct Env {
 
 impl Env {
     async fn new() -> Env {
-        let BusyboxDaemon { d, net, image } = BusyboxDaemon::start(Options::default()).await;
+        Env::with(Options::default()).await
+    }
+
+    async fn with(options: Options) -> Env {
+        let BusyboxDaemon { d, net, image } = BusyboxDaemon::start(options).await;
         Env {
             d,
             _net: net,
@@ -2146,4 +2150,120 @@ async fn container_events_follow_pods_and_containers_and_exits_are_pushed() {
             other => panic!("the stream did not end: {other:?}"),
         }
     }
+}
+
+/// The `Seccomp:` mode of a one-shot container's process (0 = none, 2 = filter).
+async fn seccomp_mode(
+    env: &Env,
+    pod: &(String, cri::PodSandboxConfig),
+    name: &str,
+    sc: cri::LinuxContainerSecurityContext,
+) -> String {
+    let mut cfg = env.ctr(name, &["grep", "^Seccomp:", "/proc/self/status"]);
+    cfg.linux.as_mut().unwrap().security_context = Some(sc);
+    let (st, out) = env.output_in(pod, cfg).await;
+    assert_eq!(st.exit_code, 0, "{name}: {out}");
+    out.trim().to_string()
+}
+
+/// Issue 11 item 4: (a) no seccomp field meant RuntimeDefault, where kubelet, containerd and
+/// critest mean Unconfined (the old behaviour is `seccomp_use_default_when_empty`); (b) a
+/// privileged container was confined by its Localhost profile.
+#[tokio::test]
+async fn seccomp_unset_is_unconfined_and_privileged_containers_ignore_every_profile() {
+    let profiles = tempfile::tempdir().unwrap();
+    // A harmless profile: where it applies, the process shows seccomp mode 2.
+    let deny = profiles.path().join("deny-kexec.json");
+    std::fs::write(
+        &deny,
+        r#"{"defaultAction":"SCMP_ACT_ALLOW","syscalls":[{"names":["kexec_load"],"action":"SCMP_ACT_ERRNO"}]}"#,
+    )
+    .unwrap();
+    let profile = |kind: cri::security_profile::ProfileType, path: &Path| cri::SecurityProfile {
+        profile_type: kind as i32,
+        localhost_ref: path.display().to_string(),
+    };
+    let runtime_default = profile(
+        cri::security_profile::ProfileType::RuntimeDefault,
+        Path::new(""),
+    );
+
+    let env = Env::new().await;
+    let pod = env.pod("seccomp").await;
+    let unset = seccomp_mode(&env, &pod, "unset", container_ns()).await;
+    assert_eq!(unset, "Seccomp:\t0");
+    let explicit = cri::LinuxContainerSecurityContext {
+        seccomp: Some(runtime_default.clone()),
+        ..container_ns()
+    };
+    assert_eq!(
+        seccomp_mode(&env, &pod, "default", explicit).await,
+        "Seccomp:\t2"
+    );
+
+    // A privileged pod: its privileged containers run without seccomp whatever they ask for,
+    // even a Localhost profile that exists, or one that does not.
+    let mut req = env.pod_config("seccomp-privileged");
+    pods::linux(&mut req)
+        .security_context
+        .get_or_insert_with(Default::default)
+        .privileged = true;
+    let config = req.config.clone().unwrap();
+    let id = env
+        .rt()
+        .await
+        .run_pod_sandbox(req)
+        .await
+        .unwrap()
+        .into_inner()
+        .pod_sandbox_id;
+    let privileged_pod = (id, config);
+    let missing = profiles.path().join("missing.json");
+    for (name, seccomp) in [
+        (
+            "p-localhost",
+            profile(cri::security_profile::ProfileType::Localhost, &deny),
+        ),
+        (
+            "p-missing",
+            profile(cri::security_profile::ProfileType::Localhost, &missing),
+        ),
+        ("p-default", runtime_default.clone()),
+    ] {
+        let sc = cri::LinuxContainerSecurityContext {
+            privileged: true,
+            seccomp: Some(seccomp),
+            ..container_ns()
+        };
+        assert_eq!(
+            seccomp_mode(&env, &privileged_pod, name, sc).await,
+            "Seccomp:\t0",
+            "{name}"
+        );
+    }
+    // The same Localhost profile confines an unprivileged container.
+    let sc = cri::LinuxContainerSecurityContext {
+        seccomp: Some(profile(
+            cri::security_profile::ProfileType::Localhost,
+            &deny,
+        )),
+        ..container_ns()
+    };
+    assert_eq!(
+        seccomp_mode(&env, &pod, "localhost", sc).await,
+        "Seccomp:\t2"
+    );
+    drop(env);
+
+    // The old behaviour, configured.
+    let env = Env::with(Options {
+        extra_config: "[runtime]\nseccomp_use_default_when_empty = true\n".into(),
+        ..Options::default()
+    })
+    .await;
+    let pod = env.pod("seccomp-default").await;
+    assert_eq!(
+        seccomp_mode(&env, &pod, "unset", container_ns()).await,
+        "Seccomp:\t2"
+    );
 }

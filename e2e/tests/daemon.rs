@@ -128,7 +128,116 @@ async fn status_verbose_reports_the_effective_config_and_handlers() {
         .iter()
         .map(|h| h.name.as_str())
         .collect();
-    assert_eq!(names, ["crun", "runc"]);
+    assert_eq!(names, ["", "crun", "runc"]);
+}
+
+/// Handler name → (recursive read-only mounts, user namespaces), as `Status` reports them.
+async fn handler_features(d: &Daemon) -> std::collections::BTreeMap<String, (bool, bool)> {
+    d.runtime()
+        .await
+        .status(cri::StatusRequest { verbose: false })
+        .await
+        .unwrap()
+        .into_inner()
+        .runtime_handlers
+        .into_iter()
+        .map(|h| {
+            let f = h.features.unwrap();
+            (h.name, (f.recursive_read_only_mounts, f.user_namespaces))
+        })
+        .collect()
+}
+
+/// Issue 11 item 2: clients look up the handler they run with, `""` unless a RuntimeClass names
+/// one; crius listed only the named handlers, so critest skipped its user namespace and
+/// recursive read-only specs.
+#[tokio::test]
+async fn status_lists_the_default_handler_under_the_empty_name_with_its_features() {
+    let d = Daemon::start().await;
+    let features = handler_features(&d).await;
+    assert_eq!(
+        features.keys().map(String::as_str).collect::<Vec<_>>(),
+        ["", "crun", "runc"]
+    );
+    assert_eq!(features[""], features["runc"], "{features:?}");
+    drop(d);
+
+    // The empty name follows `default_handler`: runc reports rro, crun 1.8.1 does not.
+    let d = Daemon::start_with(Options {
+        extra_config: "[runtime]\ndefault_handler = \"crun\"\n".into(),
+        ..Options::default()
+    })
+    .await;
+    let features = handler_features(&d).await;
+    assert_eq!(features[""], features["crun"], "{features:?}");
+    assert_ne!(features["crun"], features["runc"], "{features:?}");
+}
+
+/// Issue 11 item 5: grpc C-core clients (Python grpcio, Ruby, C++, C#) send the socket path,
+/// percent-encoded, as `:authority` for `unix:` targets and grpc-java the plain path; h2 reset
+/// every such stream with PROTOCOL_ERROR. Requests are written byte by byte the way C-core
+/// encodes them: the first with literals entering the HPACK dynamic table, the next ones
+/// referring to it.
+#[tokio::test]
+async fn grpc_c_core_style_authorities_are_accepted_on_the_socket() {
+    use crius_e2e::grpc_raw::{self, hpack, Conn};
+    let d = Daemon::start().await;
+    let socket = d.paths.socket.display().to_string();
+    let encoded = socket.replace('/', "%2F");
+    let version = "/runtime.v1.RuntimeService/Version";
+    let body = grpc_raw::grpc_message(&cri::VersionRequest {
+        version: "v1".into(),
+    });
+    for authority in [
+        encoded.as_str(),
+        &socket,
+        &format!("unix:{socket}"),
+        "localhost",
+    ] {
+        let mut conn = Conn::connect(&d.paths.socket).await;
+        let block = grpc_raw::c_core_block(version, authority, &[("user-agent", "grpc-c/47.0.0")]);
+        let mut calls = vec![conn.call(&block, &body).await];
+        // The same call from the dynamic table: te 62, user-agent... shifted by the extra.
+        let mut again = Vec::new();
+        hpack::indexed(&mut again, hpack::METHOD_POST);
+        hpack::indexed(&mut again, hpack::SCHEME_HTTP);
+        for index in [66, 65, 64, 63, 62] {
+            hpack::indexed(&mut again, index);
+        }
+        calls.push(conn.call(&again, &body).await);
+        for (i, call) in calls.iter().enumerate() {
+            assert_eq!(call.reset, None, "{authority:?} call {i}: {call:?}");
+            assert_eq!(
+                call.grpc_status(),
+                Some(0),
+                "{authority:?} call {i}: {call:?}"
+            );
+            let v: cri::VersionResponse = call.message().unwrap();
+            assert_eq!(v.runtime_name, "crius", "{authority:?}");
+        }
+        // Another RPC on the same connection: a new :path enters the table, the authority is
+        // referred to by index.
+        let mut status = Vec::new();
+        hpack::indexed(&mut status, hpack::METHOD_POST);
+        hpack::indexed(&mut status, hpack::SCHEME_HTTP);
+        hpack::indexing(
+            &mut status,
+            hpack::PATH,
+            "/runtime.v1.RuntimeService/Status",
+        );
+        for index in [66, 65, 64] {
+            hpack::indexed(&mut status, index);
+        }
+        let call = conn
+            .call(
+                &status,
+                &grpc_raw::grpc_message(&cri::StatusRequest { verbose: false }),
+            )
+            .await;
+        assert_eq!(call.grpc_status(), Some(0), "{authority:?}: {call:?}");
+        let st: cri::StatusResponse = call.message().unwrap();
+        assert!(!st.runtime_handlers.is_empty(), "{st:?}");
+    }
 }
 
 #[tokio::test]

@@ -1,6 +1,7 @@
 //! ImageService e2e against the loopback `docker-registry`: pulls (OCI, Docker v2s2, indexes,
 //! by tag and digest), unpacked trees under overlayfs, malicious layers, auth (request
-//! credentials and `auth_file`), HTTPS (untrusted, `insecure`, `ca_file`), mirrors,
+//! credentials and `auth_file`), HTTPS (untrusted, `insecure`, `ca_file`), loopback registries
+//! without a table (`insecure_loopback`), mirrors,
 //! tampered blobs, crash-safety, blob dedup across concurrent pulls, removal and garbage
 //! collection, pull metrics. Needs `openssl` besides the registry tools.
 
@@ -638,6 +639,12 @@ async fn kill_9_during_a_pull_leaves_no_partial_image_and_a_repull_reuses_finish
     let small = images_dir
         .join("layers")
         .join(image.layers[0].diff_id.trim_start_matches("sha256:"));
+    // The layer counts as finished once its record is written too (the first layer's chain id
+    // is its diff id), not only its directory renamed into place.
+    let small_record = d.paths.root.join("layer").join(format!(
+        "{}.json",
+        image.layers[0].diff_id.trim_start_matches("sha256:")
+    ));
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let streaming = std::fs::read_dir(images_dir.join("tmp"))
@@ -648,7 +655,7 @@ async fn kill_9_during_a_pull_leaves_no_partial_image_and_a_repull_reuses_finish
                 e.file_name().to_string_lossy().starts_with("blob")
                     && e.metadata().map(|m| m.len() > (4 << 20)).unwrap_or(false)
             });
-        if streaming && small.exists() {
+        if streaming && small.exists() && small_record.exists() {
             break;
         }
         assert!(
@@ -812,6 +819,9 @@ fn registry_table(addr: &str, insecure: bool, ca_file: Option<&Path>) -> String 
     table
 }
 
+/// `[image] insecure_loopback = false`: loopback registries are verified like any other.
+const LOOPBACK_OFF: &str = "[image]\ninsecure_loopback = false\n";
+
 async fn daemon_with(extra_config: String) -> Daemon {
     Daemon::start_with(Options {
         extra_config,
@@ -833,8 +843,14 @@ async fn https_registry_needs_a_trusted_certificate_or_insecure() {
     .unwrap();
     let busybox_id = fx.layout().busybox.image_id();
 
-    // Verified TLS against a CA nobody trusts: Unavailable, naming the host and the cause.
+    // A loopback registry is insecure by default: TLS without verification.
     let d = daemon_with(String::new()).await;
+    assert_eq!(pull(&d, &reference).await.unwrap(), busybox_id);
+    drop(d);
+
+    // Verified TLS against a CA nobody trusts (the loopback rule off): Unavailable, naming the
+    // host and the cause.
+    let d = daemon_with(LOOPBACK_OFF.into()).await;
     let err = pull(&d, &reference).await.unwrap_err();
     assert_eq!(err.code(), tonic::Code::Unavailable, "{err:?}");
     let msg = err.message();
@@ -877,6 +893,89 @@ async fn https_registry_needs_a_trusted_certificate_or_insecure() {
     assert_eq!(pull(&d, &reference).await.unwrap(), busybox_id);
     let image = status(&d, &reference, false).await.image.unwrap();
     assert_eq!(image.repo_tags, vec![reference.clone()]);
+}
+
+/// Issue 11 item 6: critest pulls with a 1 ms deadline and expects DeadlineExceeded; tonic's
+/// own `grpc-timeout` timer answered Cancelled. A tonic client enforces the timeout itself (and
+/// says Cancelled too), so the request goes out through the raw client, which waits for the
+/// daemon's answer.
+#[tokio::test]
+async fn a_pull_whose_client_deadline_passes_answers_deadline_exceeded() {
+    use crius_e2e::grpc_raw::{self, Conn};
+    let fx = registry::shared();
+    let d = daemon_for("").await;
+    let pull = |timeout: &str| {
+        let block = grpc_raw::c_core_block(
+            "/runtime.v1.ImageService/PullImage",
+            "localhost",
+            &[("grpc-timeout", timeout)],
+        );
+        let body = grpc_raw::grpc_message(&cri::PullImageRequest {
+            image: spec(&fx.busybox_ref()),
+            auth: None,
+            sandbox_config: None,
+        });
+        (block, body)
+    };
+    const TRIES: usize = 5;
+    for attempt in 0..TRIES {
+        let mut conn = Conn::connect(&d.paths.socket).await;
+        let (block, body) = pull("1m");
+        let call = conn.call(&block, &body).await;
+        assert_eq!(call.reset, None, "attempt {attempt}: {call:?}");
+        assert_eq!(
+            call.grpc_status(),
+            Some(tonic::Code::DeadlineExceeded as i32),
+            "attempt {attempt}: {call:?}"
+        );
+    }
+    let (_, body) = d.http_get("/metrics");
+    assert_eq!(
+        metric_value(
+            &body,
+            "crius_operations_errors_total{code=\"DeadlineExceeded\",operation=\"PullImage\"}"
+        ),
+        Some(TRIES as f64),
+        "{body}"
+    );
+    // A deadline that leaves time is met, and nothing of the abandoned pulls is in the way.
+    let mut conn = Conn::connect(&d.paths.socket).await;
+    let (block, body) = pull("60S");
+    let call = conn.call(&block, &body).await;
+    assert_eq!(call.grpc_status(), Some(0), "{call:?}");
+    let resp: cri::PullImageResponse = call.message().unwrap();
+    assert_eq!(resp.image_ref, fx.layout().busybox.image_id());
+}
+
+/// Issue 11 item 7: `crictl pull 127.0.0.1:5000/...` failed with a TLS error unless a registry
+/// table marked the host insecure; containerd falls back to plain HTTP for loopback hosts.
+#[tokio::test]
+async fn loopback_registries_need_no_table_unless_insecure_loopback_is_off() {
+    let fx = registry::shared();
+    let addr = fx.registry_addr();
+    let port = addr.rsplit_once(':').unwrap().1;
+    let busybox_id = fx.layout().busybox.image_id();
+    let by_name = format!("localhost:{port}/crius-test/busybox:latest");
+
+    let d = daemon_with(String::new()).await;
+    assert_eq!(pull(&d, &fx.busybox_ref()).await.unwrap(), busybox_id);
+    assert_eq!(pull(&d, &by_name).await.unwrap(), busybox_id);
+    let image = status(&d, &by_name, false).await.image.unwrap();
+    assert!(image.repo_tags.contains(&by_name), "{image:?}");
+    drop(d);
+
+    let d = daemon_with(LOOPBACK_OFF.into()).await;
+    for reference in [fx.busybox_ref(), by_name] {
+        let err = pull(&d, &reference).await.unwrap_err();
+        assert_eq!(err.code(), tonic::Code::Unavailable, "{reference}: {err:?}");
+        assert!(err.message().contains("https"), "{}", err.message());
+    }
+    assert!(list(&d).await.is_empty());
+    drop(d);
+
+    // An explicit table still works with the rule off.
+    let d = daemon_with(format!("{LOOPBACK_OFF}{}", insecure(&addr))).await;
+    assert_eq!(pull(&d, &fx.busybox_ref()).await.unwrap(), busybox_id);
 }
 
 #[tokio::test]

@@ -114,6 +114,9 @@ pub struct RuntimeConfig {
     pub monitor_path: PathBuf,
     /// Maximum number of processes per container (the pids cgroup); 0 = no limit.
     pub pids_limit: i64,
+    /// A container whose request names no seccomp profile gets `RuntimeDefault`; false: it
+    /// runs unconfined (kubelet sends `RuntimeDefault` explicitly when it wants it).
+    pub seccomp_use_default_when_empty: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -154,6 +157,9 @@ pub struct ImageConfig {
     /// Docker-style credentials file (`{"auths": {"HOST": {"auth": "base64(user:pass)"}}}`),
     /// used when a pull carries no credentials. Empty: none.
     pub auth_file: PathBuf,
+    /// Registries on loopback (`localhost`, `127.0.0.0/8`, `::1`) without a `ca_file` are
+    /// `insecure` (TLS without verification, then plain HTTP), as in containerd.
+    pub insecure_loopback: bool,
     /// Per-registry settings by host (`"docker.io"`, `"registry.k8s.io"`, `"127.0.0.1:5000"`).
     pub registries: BTreeMap<String, RegistryConfig>,
 }
@@ -259,6 +265,7 @@ impl Default for RuntimeConfig {
             handlers: [handler("runc"), handler("crun")].into_iter().collect(),
             monitor_path: PathBuf::from("crius-conmon"),
             pids_limit: 0,
+            seccomp_use_default_when_empty: false,
         }
     }
 }
@@ -270,6 +277,7 @@ impl Default for ImageConfig {
             pinned_images: Vec::new(),
             max_concurrent_downloads: 3,
             auth_file: PathBuf::new(),
+            insecure_loopback: true,
             registries: BTreeMap::new(),
         }
     }

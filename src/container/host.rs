@@ -98,6 +98,7 @@ pub fn detect() -> HostView {
         idmap_mounts: false,
         // From the configuration, set by the caller.
         pids_limit: 0,
+        seccomp_use_default_when_empty: false,
     }
 }
 

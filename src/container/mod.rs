@@ -10,10 +10,12 @@
 //! last. The monitor, not the daemon, is the container's parent, so a daemon restart leaves
 //! containers running; exits are learned from the monitor's exit record, as soon as the monitor
 //! exits (a pidfd per live container, see [`Containers::watch_exit`]) and again on every
-//! status/list/stop. Every state change publishes a lifecycle event (`crate::events`); one mutex
-//! orders the record updates of start and exit so each transition happens, and is published,
-//! once.
+//! status/list/stop. Every state change is a read-modify-write of that container's record
+//! (`Collection::modify`, under the record's own lock) and publishes its lifecycle event
+//! (`crate::events`) before the lock is released, so each transition happens, and is
+//! published, once and in record order; no lock is shared between containers.
 
+pub mod exec;
 pub mod host;
 pub mod record;
 pub mod resources;
@@ -40,7 +42,7 @@ use crate::runtime::monitor;
 use crate::runtime::oci::{CreateRequest, ExecOutput, OciRuntime};
 use crate::sandbox::rollback::Rollback;
 use crate::sandbox::{SandboxRecord, SandboxState, Sandboxes};
-use crate::store::{Collection, LoadReport};
+use crate::store::{Collection, LoadReport, Modified};
 use crate::util::{io_err, join_err, lock, new_id, now_ns};
 pub use record::{ContainerRecord, ContainerState, UserRecord};
 
@@ -90,9 +92,10 @@ pub struct Containers {
     settings: Settings,
     metrics: Arc<Metrics>,
     events: Arc<Events>,
-    /// Held while a record changes state after create (start, exit).
-    transitions: Mutex<()>,
     names: Mutex<HashMap<String, String>>,
+    /// The last signal StopContainer sent to a container whose monitor is gone (its exit code
+    /// is then 128 + that signal, whoever learns about the exit first).
+    signalled: Mutex<HashMap<String, i32>>,
     creating: KeyedLocks,
     locks: KeyedLocks,
     /// Last `(time, cumulative CPU ns)` per container (and `pod:<id>`), for CPU rates.
@@ -161,14 +164,15 @@ impl Containers {
             settings,
             metrics,
             events,
-            transitions: Mutex::new(()),
             names: Mutex::new(HashMap::new()),
+            signalled: Mutex::new(HashMap::new()),
             creating: KeyedLocks::default(),
             locks: KeyedLocks::default(),
             cpu_samples: Mutex::new(HashMap::new()),
         });
         for (id, rec) in this.records.list() {
             lock(&this.names).insert(rec.name_key(), id.clone());
+            this.reconcile_blocking(&id);
             match this.refresh_blocking(&id) {
                 Ok(rec) if rec.state != ContainerState::Exited => this.watch_exit(&rec),
                 Ok(_) => {}
@@ -328,14 +332,23 @@ impl Containers {
             .map(|(id, _)| id)
     }
 
-    /// Learns about an exit from the monitor's exit record (or a monitor that is gone).
+    /// Learns about an exit from the monitor's exit record; without one, from the node: a
+    /// monitor that is gone while the container's init runs on leaves the container Running
+    /// (marked `monitor_lost`); once neither runs, the container is Exited.
     fn refresh_blocking(&self, id: &str) -> Result<Arc<ContainerRecord>> {
+        self.refresh_with(id, None)
+    }
+
+    /// [`Containers::refresh_blocking`]; `killed_with` is the signal StopContainer sent to a
+    /// container without a monitor (its exit code is then 128 + signal).
+    fn refresh_with(&self, id: &str, killed_with: Option<i32>) -> Result<Arc<ContainerRecord>> {
         let Some(rec) = self.records.get(id) else {
             return Err(Error::NotFound(format!("container {id:?} not found")));
         };
         if rec.state == ContainerState::Exited {
             return Ok(rec);
         }
+        let killed_with = killed_with.or_else(|| lock(&self.signalled).get(id).copied());
         let (exit, lost) = match monitor::read_exit(&rec.monitor_dir) {
             Some(exit) => (exit, false),
             None => {
@@ -345,48 +358,139 @@ impl Containers {
                 // A monitor that just exited may still be renaming its exit record into place.
                 std::thread::sleep(Duration::from_millis(20));
                 if monitor::read_exit(&rec.monitor_dir).is_some() {
-                    return self.refresh_blocking(id);
+                    return self.refresh_with(id, killed_with);
+                }
+                if self.init_alive(&rec) {
+                    return self.mark_monitor_lost(&rec);
                 }
                 let exit = crius_proto::monitor::ExitRecord {
-                    exit_code: 255,
+                    exit_code: killed_with.map_or(255, |s| 128 + s),
                     finished_at_ns: now_ns(),
                     ..Default::default()
                 };
                 (exit, true)
             }
         };
-        let stored = {
-            let _ordered = lock(&self.transitions);
-            let Some(rec) = self.records.get(id) else {
-                return Err(Error::NotFound(format!("container {id:?} not found")));
-            };
-            if rec.state == ContainerState::Exited {
-                return Ok(rec);
+        let monitor_was_lost = rec.monitor_lost;
+        let modified = self.records.modify(
+            id,
+            |cur| {
+                if cur.state == ContainerState::Exited {
+                    return Ok(None);
+                }
+                let mut next = cur.clone();
+                next.state = cur.state.transition(ContainerState::Exited, id)?;
+                next.exit_code = exit.exit_code;
+                next.finished_at = exit.finished_at_ns;
+                next.reason = if exit.oom_killed {
+                    "OOMKilled".into()
+                } else if exit.exit_code == 0 {
+                    "Completed".into()
+                } else {
+                    "Error".into()
+                };
+                if lost {
+                    next.message = if monitor_was_lost {
+                        match killed_with {
+                            Some(s) => format!(
+                                "the container's monitor was gone; it was stopped with signal {s}"
+                            ),
+                            None => "the container's monitor was gone; its exit status is unknown"
+                                .into(),
+                        }
+                    } else {
+                        "the container's monitor is gone and left no exit record".into()
+                    };
+                }
+                Ok::<_, Error>(Some(next))
+            },
+            |stored| self.publish(stored, EventKind::Stopped),
+        )?;
+        let stored = match modified {
+            Modified::Changed(stored) => stored,
+            Modified::Unchanged(cur) => return Ok(cur),
+            Modified::Missing => {
+                return Err(Error::NotFound(format!("container {id:?} not found")))
             }
-            let mut next = (*rec).clone();
-            next.state = rec.state.transition(ContainerState::Exited, id)?;
-            next.exit_code = exit.exit_code;
-            next.finished_at = exit.finished_at_ns;
-            next.reason = if exit.oom_killed {
-                "OOMKilled".into()
-            } else if exit.exit_code == 0 {
-                "Completed".into()
-            } else {
-                "Error".into()
-            };
-            if lost {
-                next.message = "the container's monitor is gone and left no exit record".into();
-            }
-            let stored = self.records.put(id, next)?;
-            if exit.oom_killed {
-                self.metrics.containers_oom_total.inc();
-            }
-            stored
         };
+        lock(&self.signalled).remove(id);
+        if exit.oom_killed {
+            self.metrics.containers_oom_total.inc();
+        }
         tracing::info!(container_id = %id, exit_code = stored.exit_code, reason = %stored.reason, "container exited");
-        self.publish(&stored, EventKind::Stopped);
         self.update_gauge();
         Ok(stored)
+    }
+
+    /// Whether the container's init still runs, by the runtime's account (the node's truth:
+    /// the recorded pid alone may have been reused).
+    fn init_alive(&self, rec: &ContainerRecord) -> bool {
+        if !process_alive(rec.pid) {
+            return false;
+        }
+        let Ok(runtime) = self.runtime(&rec.runtime_handler) else {
+            return false;
+        };
+        match runtime.state(&rec.id) {
+            Ok(Some(st)) => st.is_alive() && st.pid == rec.pid,
+            Ok(None) => false,
+            Err(e) => {
+                tracing::warn!(container_id = %rec.id, error = %e, "runtime state unknown; trusting the live pid");
+                true
+            }
+        }
+    }
+
+    /// Records that the container runs on without its monitor (once, with a warning).
+    fn mark_monitor_lost(&self, rec: &ContainerRecord) -> Result<Arc<ContainerRecord>> {
+        let modified = self.records.modify(
+            &rec.id,
+            |cur| {
+                if cur.monitor_lost || cur.state == ContainerState::Exited {
+                    return Ok(None);
+                }
+                let mut next = cur.clone();
+                next.monitor_lost = true;
+                next.message = "the container's monitor exited; the container runs on without log capture or attach".into();
+                Ok::<_, Error>(Some(next))
+            },
+            |_| {},
+        )?;
+        match modified {
+            Modified::Changed(stored) => {
+                tracing::warn!(container_id = %rec.id, pid = rec.pid, monitor_pid = rec.monitor_pid,
+                    "the container's monitor is gone but the container runs on: reported running; its output is no longer logged and its exit status will be unknown");
+                Ok(stored)
+            }
+            Modified::Unchanged(cur) => Ok(cur),
+            Modified::Missing => Err(Error::NotFound(format!("container {:?} not found", rec.id))),
+        }
+    }
+
+    /// At restore: a record that is behind the runtime (the daemon died between the runtime's
+    /// start and the record write) is brought up to what the runtime says.
+    fn reconcile_blocking(&self, id: &str) {
+        let Some(rec) = self.records.get(id) else {
+            return;
+        };
+        if rec.state != ContainerState::Created {
+            return;
+        }
+        let Ok(runtime) = self.runtime(&rec.runtime_handler) else {
+            return;
+        };
+        match runtime.state(id) {
+            Ok(Some(st)) if st.status == "running" || st.status == "paused" => {
+                tracing::warn!(container_id = %id, "record says created but the runtime says running (interrupted StartContainer): reconciled to running");
+                if let Err(e) = self.mark_started(id) {
+                    tracing::error!(container_id = %id, error = %e, "reconciling a started container failed");
+                }
+            }
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(container_id = %id, error = %e, "runtime state unknown at restore")
+            }
+        }
     }
 
     /// Publishes a lifecycle event of `rec` with its pod as it is now.
@@ -396,25 +500,39 @@ impl Containers {
     }
 
     /// Learns about the container's exit as soon as its monitor exits (the monitor writes the
-    /// exit record, then exits): a pidfd of the monitor, awaited on the reactor. Without a
-    /// runtime or pidfds, exits are still learned on the next status/list/stop.
+    /// exit record, then exits): a pidfd of the monitor, awaited on the reactor. A container
+    /// whose monitor is gone is watched through its init's pidfd instead. Without a runtime or
+    /// pidfds, exits are still learned on the next status/list/stop.
     fn watch_exit(self: &Arc<Self>, rec: &ContainerRecord) {
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return;
         };
-        let Some(pid) = rustix::process::Pid::from_raw(rec.monitor_pid as i32) else {
+        let (watched, owned) = if monitor_alive(rec) {
+            (rec.monitor_pid, true)
+        } else if rec.monitor_lost && process_alive(rec.pid) {
+            (rec.pid, true)
+        } else {
+            (rec.monitor_pid, false)
+        };
+        let Some(pid) = rustix::process::Pid::from_raw(watched as i32) else {
             return;
         };
         let pidfd = match rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::NONBLOCK) {
             Ok(fd) => fd,
             Err(e) => {
-                tracing::debug!(container_id = %rec.id, error = %e, "no pidfd for the monitor");
+                tracing::debug!(container_id = %rec.id, error = %e, "no pidfd to watch the container");
+                if owned {
+                    return;
+                }
+                // Already gone: learn about it now.
+                let this = self.clone();
+                let id = rec.id.clone();
+                runtime.spawn_blocking(move || this.refresh_blocking(&id));
                 return;
             }
         };
         let this = self.clone();
         let id = rec.id.clone();
-        let owned = monitor_alive(rec);
         runtime.spawn(async move {
             // A pid reused by another process before pidfd_open: do not wait on it.
             if owned {
@@ -430,10 +548,19 @@ impl Containers {
             }
             let worker = this.clone();
             let refreshed = tokio::task::spawn_blocking(move || worker.refresh_blocking(&id)).await;
-            if let Ok(Err(e)) = refreshed {
-                if !matches!(e, Error::NotFound(_)) {
+            match refreshed {
+                // The monitor died, the container lives on: watch the container itself.
+                Ok(Ok(rec))
+                    if rec.state != ContainerState::Exited
+                        && rec.monitor_lost
+                        && watched != rec.pid =>
+                {
+                    this.watch_exit(&rec);
+                }
+                Ok(Err(e)) if !matches!(e, Error::NotFound(_)) => {
                     tracing::warn!(error = %e, "learning about a container exit failed");
                 }
+                _ => {}
             }
         });
     }
@@ -781,6 +908,7 @@ impl Containers {
             tty: config.tty,
             config_pb: b64(config.encode_to_vec()),
             resources_pb: b64(resources.encode_to_vec()),
+            monitor_lost: false,
         };
         let stored = self.records.put(&id, rec)?;
         tracing::info!(container_id = %id, pod_id = %pod.id, pid = created.pid, "container created");
@@ -822,20 +950,17 @@ impl Containers {
         let this = self.clone();
         let started = Instant::now();
         tokio::task::spawn_blocking(move || {
-            runtime.start(&rec.id)?;
-            let stored = {
-                let _ordered = lock(&this.transitions);
-                let cur = this.records.get(&rec.id).unwrap_or(rec);
-                let mut next = (*cur).clone();
-                // The exit watcher may have seen a short-lived process exit already.
-                if cur.state == ContainerState::Created {
-                    next.state = ContainerState::Running;
+            if let Err(e) = runtime.start(&rec.id) {
+                // A start the runtime already did (the daemon died before recording it, and
+                // restore could not tell): the node is the truth.
+                match runtime.state(&rec.id) {
+                    Ok(Some(st)) if st.status == "running" && st.pid == rec.pid => {
+                        tracing::warn!(container_id = %rec.id, "the runtime had already started the container; recording it");
+                    }
+                    _ => return Err(e.into()),
                 }
-                next.started_at = now_ns();
-                this.records.put(&cur.id, next)?
-            };
-            tracing::info!(container_id = %stored.id, "container started");
-            this.publish(&stored, EventKind::Started);
+            }
+            this.mark_started(&rec.id)?;
             Ok::<_, Error>(())
         })
         .await
@@ -844,6 +969,28 @@ impl Containers {
             .container_start_seconds
             .observe(started.elapsed().as_secs_f64());
         self.update_gauge();
+        Ok(())
+    }
+
+    /// Records a start (Created → Running; a container that already exited stays Exited) and
+    /// publishes it, in record order.
+    fn mark_started(&self, id: &str) -> Result<()> {
+        let modified = self.records.modify(
+            id,
+            |cur| {
+                let mut next = cur.clone();
+                // The exit watcher may have seen a short-lived process exit already.
+                if cur.state == ContainerState::Created {
+                    next.state = ContainerState::Running;
+                }
+                next.started_at = now_ns();
+                Ok::<_, Error>(Some(next))
+            },
+            |stored| self.publish(stored, EventKind::Started),
+        )?;
+        if let Modified::Changed(stored) = modified {
+            tracing::info!(container_id = %stored.id, "container started");
+        }
         Ok(())
     }
 
@@ -875,18 +1022,25 @@ impl Containers {
             // Never started: nothing runs but the init waiting for start; kill it.
             let _ = runtime.kill(id, SIGKILL, true);
             self.wait_exit(&rec, Duration::from_secs(10));
-            self.refresh_blocking(id)?;
+            self.refresh_with(id, Some(SIGKILL))?;
             return Ok(());
         }
+        let note_signal = |signal: i32| {
+            if rec.monitor_lost {
+                lock(&self.signalled).insert(id.to_string(), signal);
+            }
+        };
         if !timeout.is_zero() {
+            note_signal(rec.stop_signal);
             if let Err(e) = runtime.kill(id, rec.stop_signal, false) {
                 tracing::debug!(container_id = %id, error = %e, "stop signal not delivered");
             }
             if self.wait_exit(&rec, timeout) {
-                self.refresh_blocking(id)?;
+                self.refresh_with(id, Some(rec.stop_signal))?;
                 return Ok(());
             }
         }
+        note_signal(SIGKILL);
         if let Err(e) = runtime.kill(id, SIGKILL, true) {
             tracing::debug!(container_id = %id, error = %e, "SIGKILL not delivered");
         }
@@ -895,16 +1049,19 @@ impl Containers {
                 "container {id} did not exit after SIGKILL"
             )));
         }
-        self.refresh_blocking(id)?;
+        self.refresh_with(id, Some(SIGKILL))?;
         tracing::info!(container_id = %id, "container stopped");
         Ok(())
     }
 
-    /// Waits for the monitor's exit record (or the monitor to be gone).
+    /// Waits for the monitor's exit record, or — the monitor being gone — for the container's
+    /// init to be gone.
     fn wait_exit(&self, rec: &ContainerRecord, timeout: Duration) -> bool {
         let deadline = Instant::now() + timeout;
         loop {
-            if monitor::read_exit(&rec.monitor_dir).is_some() || !monitor_alive(rec) {
+            if monitor::read_exit(&rec.monitor_dir).is_some()
+                || (!monitor_alive(rec) && !process_alive(rec.pid))
+            {
                 return true;
             }
             if Instant::now() >= deadline {
@@ -953,6 +1110,7 @@ impl Containers {
         }
         self.records.remove(id)?;
         lock(&self.names).remove(&rec.name_key());
+        lock(&self.signalled).remove(id);
         self.forget_samples(id);
         tracing::info!(container_id = %id, "container removed");
         self.publish(&rec, EventKind::Deleted);
@@ -975,30 +1133,37 @@ impl Containers {
         Ok(())
     }
 
-    /// ExecSync.
+    /// ExecSync: the command runs as the container's own process would (see [`exec`]), without
+    /// stdin; a timeout, or the caller going away, kills it with everything it started.
     pub async fn exec_sync(
         self: &Arc<Self>,
         id: &str,
         cmd: &[String],
         timeout: Option<Duration>,
     ) -> Result<ExecOutput> {
-        if cmd.is_empty() {
-            return Err(Error::InvalidArgument("exec command is required".into()));
-        }
-        let rec = self.status(id).await?;
-        if rec.state != ContainerState::Running {
-            return Err(Error::FailedPrecondition(format!(
-                "container {} is {}, not running",
-                rec.id,
-                rec.state.name()
-            )));
-        }
+        exec::validate_cmd(cmd)?;
+        let rec = self.running(id).await?;
         let runtime = self.runtime(&rec.runtime_handler)?.clone();
-        let pid_file = exec_pid_file(&rec)?;
-        let command = runtime.exec_command(&rec.id, &pid_file, cmd, false);
-        let result = crate::runtime::oci::exec_sync(&rec.id, command, &pid_file, timeout).await;
-        let _ = std::fs::remove_file(&pid_file);
-        Ok(result?)
+        let files = Self::prepare_exec(&rec, cmd, false).await?;
+        let command = runtime.exec_command(&rec.id, &files);
+        Ok(crate::runtime::oci::exec_sync(&rec.id, command, files, timeout).await?)
+    }
+
+    /// The process file of one exec of `cmd` in `rec` (off the async workers).
+    async fn prepare_exec(
+        rec: &ContainerRecord,
+        cmd: &[String],
+        tty: bool,
+    ) -> Result<exec::ExecFiles> {
+        let token = new_id()?;
+        let bundle = rec.bundle.clone();
+        let monitor_dir = rec.monitor_dir.clone();
+        let cmd = cmd.to_vec();
+        tokio::task::spawn_blocking(move || {
+            exec::prepare(&bundle, &monitor_dir, &token[..12], &cmd, tty)
+        })
+        .await
+        .map_err(join_err)?
     }
 
     /// A running container, or `FailedPrecondition` naming its state.
@@ -1024,15 +1189,13 @@ impl Containers {
         stdout: bool,
         stderr: bool,
     ) -> Result<crate::runtime::oci::ExecProcess> {
-        if cmd.is_empty() {
-            return Err(Error::InvalidArgument("exec command is required".into()));
-        }
+        exec::validate_cmd(cmd)?;
         let rec = self.running(id).await?;
         let runtime = self.runtime(&rec.runtime_handler)?.clone();
-        let pid_file = exec_pid_file(&rec)?;
-        let command = runtime.exec_command(&rec.id, &pid_file, cmd, tty);
+        let files = Self::prepare_exec(&rec, cmd, tty).await?;
+        let command = runtime.exec_command(&rec.id, &files);
         Ok(crate::runtime::oci::spawn_exec(
-            &rec.id, command, &pid_file, tty, stdin, stdout, stderr,
+            &rec.id, command, files, tty, stdin, stdout, stderr,
         )?)
     }
 
@@ -1053,8 +1216,10 @@ impl Containers {
         id: &str,
         resources: cri::LinuxContainerResources,
     ) -> Result<()> {
-        let rec = self.status(id).await?;
+        let rec = self.resolve(id)?;
         let _held = self.locks.lock(&rec.id).await;
+        // Read under the lock: a stop that held it may have just ended the container.
+        let rec = self.status(&rec.id).await?;
         if rec.state == ContainerState::Exited {
             return Err(Error::FailedPrecondition(format!(
                 "container {} has exited",
@@ -1065,10 +1230,26 @@ impl Containers {
         let json = resources::resources_json(&resources, self.settings.host.cgroup_v2);
         let this = self.clone();
         tokio::task::spawn_blocking(move || {
-            runtime.update(&rec.id, &json)?;
-            let mut next = (*rec).clone();
-            next.resources_pb = b64(resources.encode_to_vec());
-            this.records.put(&rec.id, next)?;
+            if let Err(e) = runtime.update(&rec.id, &json) {
+                // The container exited on its own meanwhile: say so, not "internal".
+                if this.refresh_blocking(&rec.id)?.state == ContainerState::Exited {
+                    return Err(Error::FailedPrecondition(format!(
+                        "container {} has exited",
+                        rec.id
+                    )));
+                }
+                return Err(e.into());
+            }
+            let resources_pb = b64(resources.encode_to_vec());
+            this.records.modify(
+                &rec.id,
+                |cur| {
+                    let mut next = cur.clone();
+                    next.resources_pb = resources_pb;
+                    Ok::<_, Error>(Some(next))
+                },
+                |_| {},
+            )?;
             Ok::<_, Error>(())
         })
         .await
@@ -1129,12 +1310,6 @@ fn localhost_seccomp(config: &cri::ContainerConfig) -> Option<String> {
 }
 
 const SIGKILL: i32 = 9;
-
-/// A fresh pid file path for one exec in the container's monitor dir.
-fn exec_pid_file(rec: &ContainerRecord) -> Result<PathBuf> {
-    let token = new_id()?;
-    Ok(rec.monitor_dir.join(format!("exec-{}.pid", &token[..12])))
-}
 
 /// Whether the container's monitor still runs: the recorded pid is alive *and* its command line
 /// names this container (after a reboot or a long downtime the pid may be anybody's).

@@ -91,6 +91,10 @@ pub struct ContainerRecord {
     pub config_pb: String,
     /// Current `LinuxContainerResources` (protobuf, base64), updated by UpdateContainerResources.
     pub resources_pb: String,
+    /// The monitor died while the container ran on (found at a status check): output is no
+    /// longer captured, attach is gone, and the exit status cannot be learned from it.
+    #[serde(default)]
+    pub monitor_lost: bool,
 }
 
 impl Record for ContainerRecord {

@@ -138,6 +138,9 @@ pub struct HostView {
     pub idmap_mounts: bool,
     /// `[runtime] pids_limit`: > 0 caps every container's pids cgroup; 0 = no limit.
     pub pids_limit: i64,
+    /// `[runtime] seccomp_use_default_when_empty`: a container without any seccomp profile
+    /// gets `RuntimeDefault` instead of running unconfined.
+    pub seccomp_use_default_when_empty: bool,
 }
 
 /// Everything [`generate`] reads.
@@ -265,9 +268,15 @@ pub fn generate(input: &SpecInput) -> Result<Generated, SpecError> {
         input.host,
         privileged,
     );
+    let when_empty = if input.host.seccomp_use_default_when_empty {
+        seccomp::WhenEmpty::RuntimeDefault
+    } else {
+        seccomp::WhenEmpty::Unconfined
+    };
     let seccomp = seccomp::for_container(
         sc,
         privileged,
+        when_empty,
         input.seccomp_localhost.as_deref(),
         &caps,
         &input.host.arch,

@@ -20,7 +20,7 @@ use crate::config::ImageConfig;
 use crate::error::ErrorKind;
 use crate::metrics::Metrics;
 use reference::{Reference, ReferenceError};
-use registry::{Client, Credentials, RegistryError};
+use registry::{Client, Credentials, Registries, RegistryError};
 use store::{ImageRecord, ImageStore};
 use unpack::UnpackError;
 
@@ -87,7 +87,7 @@ impl Images {
             ?recovery,
             "image store opened"
         );
-        let client = Client::new(config.registries.clone())?;
+        let client = Client::new(Registries::from(config))?;
         let pinned = config
             .pinned_images
             .iter()
@@ -111,7 +111,7 @@ impl Images {
 
     /// New registry settings (SIGHUP).
     pub fn reload(&self, config: &ImageConfig) {
-        self.client.set_registries(config.registries.clone());
+        self.client.set_registries(Registries::from(config));
     }
 
     pub fn parse(&self, image: &str) -> Result<Reference, ImageError> {

@@ -100,7 +100,11 @@ impl Images {
             parent = Some(chain);
         }
         let resolved = Arc::new(resolved);
-        let tasks: Vec<_> = layers
+        // A pull whose caller goes away (a cancelled PullImage) aborts its layer tasks at their
+        // next await instead of letting them download on: each one's cleanup guard removes
+        // what it had half written, and a concurrent pull of the same layer takes over.
+        let mut tasks = AbortOnDrop(Vec::new());
+        tasks.0 = layers
             .iter()
             .cloned()
             .map(|(desc, diff_id, chain, parent)| {
@@ -115,7 +119,7 @@ impl Images {
             .collect();
         // Wait for every layer (no task is left writing behind a failed pull), then report.
         let mut first_err = None;
-        for t in tasks {
+        for t in tasks.0.iter_mut() {
             let r = t.await.map_err(blocking_err).and_then(|r| r);
             if let (Err(e), None) = (r, &first_err) {
                 first_err = Some(e);
@@ -149,16 +153,17 @@ impl Images {
             size,
             pulled_at_ns: now_ns(),
         };
+        // Layer files reach the disk before the record that promises them; flushed before the
+        // records lock is taken, so other pulls and removals never wait for this flush.
+        let dir = self.store.dir().to_path_buf();
+        tokio::task::spawn_blocking(move || sync_fs(&dir))
+            .await
+            .map_err(blocking_err)??;
         let _records = self.store.records.lock().await;
         let store = self.store.clone();
-        let dir = store.dir().to_path_buf();
-        tokio::task::spawn_blocking(move || {
-            // Layer files reach the disk before the record that promises them.
-            sync_fs(&dir)?;
-            store.commit_image(record)
-        })
-        .await
-        .map_err(blocking_err)?
+        tokio::task::spawn_blocking(move || store.commit_image(record))
+            .await
+            .map_err(blocking_err)?
     }
 
     /// The config blob: from the local store when present, else fetched, verified and saved.
@@ -308,6 +313,17 @@ impl Images {
         }
         tracing::debug!(layer = %desc.digest, chain_id = chain, entries = unpacked.entries, from_local_blob = local, "layer unpacked");
         Ok(())
+    }
+}
+
+/// Layer tasks of one pull, aborted if the pull is dropped before they finish.
+struct AbortOnDrop<T>(Vec<tokio::task::JoinHandle<T>>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        for t in &self.0 {
+            t.abort();
+        }
     }
 }
 

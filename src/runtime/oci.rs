@@ -80,6 +80,34 @@ pub struct Created {
     pub monitor_pid: u32,
 }
 
+/// A container as the runtime sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RuntimeState {
+    /// `creating`, `created`, `running`, `paused` or `stopped`.
+    pub status: String,
+    /// The container's init (host pid; 0 once stopped).
+    pub pid: u32,
+}
+
+impl RuntimeState {
+    /// Whether the container's init runs (started or not).
+    pub fn is_alive(&self) -> bool {
+        matches!(self.status.as_str(), "created" | "running" | "paused") && self.pid != 0
+    }
+}
+
+/// Parses `<runtime> state` output.
+fn parse_state(out: &[u8]) -> Option<RuntimeState> {
+    let v: serde_json::Value = serde_json::from_slice(out).ok()?;
+    Some(RuntimeState {
+        status: v["status"].as_str()?.to_string(),
+        pid: v["pid"]
+            .as_u64()
+            .and_then(|p| u32::try_from(p).ok())
+            .unwrap_or(0),
+    })
+}
+
 /// Output of a synchronous exec.
 #[derive(Debug, Clone, Default)]
 pub struct ExecOutput {
@@ -103,12 +131,17 @@ pub trait OciRuntime: Send + Sync + 'static {
     fn start(&self, id: &str) -> Result<(), RuntimeError>;
     /// Sends `signal` to the container's init (or every process with `all`).
     fn kill(&self, id: &str, signal: i32, all: bool) -> Result<(), RuntimeError>;
+    /// What the runtime knows of the container (`<runtime> state`): `None` when it has no such
+    /// container.
+    fn state(&self, id: &str) -> Result<Option<RuntimeState>, RuntimeError>;
     /// Deletes the runtime's state of the container; missing is fine.
     fn delete(&self, id: &str) -> Result<(), RuntimeError>;
     /// `update --resources -` with the OCI `LinuxResources` JSON.
     fn update(&self, id: &str, resources: &serde_json::Value) -> Result<(), RuntimeError>;
-    /// The command line of `exec` for `cmd`, with its pid written to `pid_file`.
-    fn exec_command(&self, id: &str, pid_file: &Path, cmd: &[String], tty: bool) -> Command;
+    /// The command line of an `exec` of the OCI process in `files.process_file` (the only way
+    /// an exec is started: its identity, command and terminal all come from that file), with its
+    /// host pid written to `files.pid_file`.
+    fn exec_command(&self, id: &str, files: &ExecFiles) -> Command;
 }
 
 /// runc or crun, with containers created through `crius-conmon run`.
@@ -280,6 +313,40 @@ impl OciRuntime for Monitored {
         self.run("kill", id, cmd)
     }
 
+    fn state(&self, id: &str) -> Result<Option<RuntimeState>, RuntimeError> {
+        let mut cmd = self.base();
+        cmd.arg("state").arg(id);
+        let out = cmd
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .output()
+            .map_err(|source| RuntimeError::Spawn {
+                what: format!("{} state", self.binary.display()),
+                source,
+            })?;
+        let failed = |message: String| RuntimeError::Failed {
+            runtime: self.name.clone(),
+            op: "state",
+            id: id.to_string(),
+            message,
+        };
+        if !out.status.success() {
+            let message = String::from_utf8_lossy(&out.stderr).trim().to_string();
+            // runc: "container does not exist"; crun: "error opening file `…/status`: No such
+            // file or directory".
+            if message.contains("does not exist") || message.contains("No such file") {
+                return Ok(None);
+            }
+            return Err(failed(message));
+        }
+        parse_state(&out.stdout).map(Some).ok_or_else(|| {
+            failed(format!(
+                "unexpected state output {:?}",
+                String::from_utf8_lossy(&out.stdout)
+            ))
+        })
+    }
+
     fn delete(&self, id: &str) -> Result<(), RuntimeError> {
         let mut cmd = self.base();
         cmd.arg("delete").arg("--force").arg(id);
@@ -303,13 +370,14 @@ impl OciRuntime for Monitored {
         result
     }
 
-    fn exec_command(&self, id: &str, pid_file: &Path, cmd: &[String], tty: bool) -> Command {
+    fn exec_command(&self, id: &str, files: &ExecFiles) -> Command {
         let mut c = self.base();
-        c.arg("exec").arg("--pid-file").arg(pid_file);
-        if tty {
-            c.arg("--tty");
-        }
-        c.arg(id).args(cmd);
+        c.arg("exec")
+            .arg("--pid-file")
+            .arg(&files.pid_file)
+            .arg("--process")
+            .arg(&files.process_file)
+            .arg(id);
         c
     }
 }
@@ -331,13 +399,122 @@ fn parse_created(out: &str) -> Option<Created> {
     })
 }
 
-/// Runs `cmd` (an exec of `runtime`) with a timeout, keeping at most [`EXEC_OUTPUT_LIMIT`] of
-/// each stream. On timeout the exec'd process (its pid from `pid_file`) with every process it
-/// started, and the runtime's exec process, are killed and [`RuntimeError::Timeout`] returned.
+/// The files of one exec in a container's monitor dir: the OCI process the runtime runs
+/// (`--process`) and the pid file it writes (`--pid-file`). Both are removed when dropped.
+#[derive(Debug)]
+pub struct ExecFiles {
+    pub pid_file: PathBuf,
+    pub process_file: PathBuf,
+}
+
+impl ExecFiles {
+    /// The exec'd process's host pid, once the runtime has written it.
+    fn pid(&self) -> Option<rustix::process::Pid> {
+        std::fs::read_to_string(&self.pid_file)
+            .ok()
+            .and_then(|s| s.trim().parse::<i32>().ok())
+            .and_then(rustix::process::Pid::from_raw)
+    }
+}
+
+impl Drop for ExecFiles {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.pid_file);
+        let _ = std::fs::remove_file(&self.process_file);
+    }
+}
+
+/// How long the runtime's exec process gets to collect the process it started after that was
+/// killed, before it is killed itself.
+const REAP_GRACE: Duration = Duration::from_secs(10);
+
+/// An exec whose runtime process (`<runtime> exec`) is still running. Ending it kills the
+/// exec'd process with everything it started, then waits for the runtime's process to exit:
+/// the runtime is the exec'd process's parent and reaps it, so when [`RunningExec::end`]
+/// returns nothing of the exec is left, not even a zombie in a pod's shared PID namespace.
+/// Dropped without [`RunningExec::end`] (a client that cancelled, a session torn down), the
+/// same happens on a background task.
+struct RunningExec {
+    id: String,
+    child: Option<tokio::process::Child>,
+    files: Option<ExecFiles>,
+}
+
+impl RunningExec {
+    /// Kills the exec and waits until its runtime process is gone.
+    async fn end(mut self) {
+        if let (Some(child), Some(files)) = (self.child.take(), self.files.take()) {
+            end_exec(&self.id, child, files).await;
+        }
+    }
+
+    /// The exec ended by itself: nothing to kill.
+    fn finished(mut self) {
+        self.child = None;
+    }
+}
+
+impl Drop for RunningExec {
+    fn drop(&mut self) {
+        let (Some(child), Some(files)) = (self.child.take(), self.files.take()) else {
+            return;
+        };
+        let id = std::mem::take(&mut self.id);
+        match tokio::runtime::Handle::try_current() {
+            Ok(handle) => {
+                handle.spawn(async move { end_exec(&id, child, files).await });
+            }
+            Err(_) => {
+                if let Some(pid) = files.pid() {
+                    kill_tree(pid);
+                }
+            }
+        }
+    }
+}
+
+async fn end_exec(id: &str, mut child: tokio::process::Child, files: ExecFiles) {
+    // Kill what the exec started (its pid is known once the runtime wrote it)…
+    let files = match tokio::task::spawn_blocking(move || {
+        if let Some(pid) = files.pid() {
+            kill_tree(pid);
+        }
+        files
+    })
+    .await
+    {
+        Ok(files) => files,
+        Err(_) => return,
+    };
+    // …then let the runtime reap it and exit; kill the runtime if it does not.
+    if tokio::time::timeout(REAP_GRACE, child.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!(container_id = %id, "the runtime's exec did not exit after its process was killed; killing it");
+        let _ = child.start_kill();
+        let _ = child.wait().await;
+    }
+    // A runtime killed before it wrote the pid file may still have started the process.
+    let _ = tokio::task::spawn_blocking(move || {
+        if let Some(pid) = files.pid() {
+            kill_tree(pid);
+        }
+        drop(files);
+    })
+    .await;
+    tracing::debug!(container_id = %id, "exec ended");
+}
+
+/// Runs `cmd` (an exec command line of the runtime, see [`OciRuntime::exec_command`]) with a
+/// timeout, keeping at most [`EXEC_OUTPUT_LIMIT`] of each stream. On timeout the exec'd process
+/// with every process it started is killed and reaped before [`RuntimeError::Timeout`] is
+/// returned; if the caller goes away first (the client cancelled), the same happens in the
+/// background.
 pub async fn exec_sync(
     id: &str,
     cmd: Command,
-    pid_file: &Path,
+    files: ExecFiles,
     timeout: Option<Duration>,
 ) -> Result<ExecOutput, RuntimeError> {
     let mut cmd = tokio::process::Command::from(cmd);
@@ -351,42 +528,46 @@ pub async fn exec_sync(
     })?;
     let mut out = child.stdout.take();
     let mut err = child.stderr.take();
-    let work = async {
-        let read_out = read_bounded(out.as_mut());
-        let read_err = read_bounded(err.as_mut());
-        let (stdout, stderr) = tokio::join!(read_out, read_err);
-        let status = child.wait().await;
-        (stdout, stderr, status)
+    let mut running = RunningExec {
+        id: id.to_string(),
+        child: Some(child),
+        files: Some(files),
     };
-    let result = match timeout {
-        Some(t) => tokio::time::timeout(t, work).await.ok(),
-        None => Some(work.await),
+    let result = {
+        let Some(child) = running.child.as_mut() else {
+            return Err(RuntimeError::Spawn {
+                what: format!("exec in {id}"),
+                source: std::io::Error::other("exec process missing"),
+            });
+        };
+        let work = async {
+            let read_out = read_bounded(out.as_mut());
+            let read_err = read_bounded(err.as_mut());
+            let (stdout, stderr) = tokio::join!(read_out, read_err);
+            let status = child.wait().await;
+            (stdout, stderr, status)
+        };
+        match timeout {
+            Some(t) => tokio::time::timeout(t, work).await.ok(),
+            None => Some(work.await),
+        }
     };
     match result {
         Some((stdout, stderr, status)) => {
+            running.finished();
             let status = status.map_err(|source| RuntimeError::Spawn {
                 what: format!("exec in {id}"),
                 source,
             })?;
-            use std::os::unix::process::ExitStatusExt;
-            let exit_code = status
-                .code()
-                .or_else(|| status.signal().map(|s| 128 + s))
-                .unwrap_or(-1);
             Ok(ExecOutput {
                 stdout,
                 stderr,
-                exit_code,
+                exit_code: exit_code(status),
             })
         }
         None => {
-            if let Some(pid) = std::fs::read_to_string(pid_file)
-                .ok()
-                .and_then(|s| s.trim().parse::<i32>().ok())
-                .and_then(rustix::process::Pid::from_raw)
-            {
-                kill_tree(pid);
-            }
+            drop((out, err));
+            running.end().await;
             Err(RuntimeError::Timeout {
                 id: id.to_string(),
                 timeout: timeout.unwrap_or_default(),
@@ -395,11 +576,18 @@ pub async fn exec_sync(
     }
 }
 
+fn exit_code(status: std::process::ExitStatus) -> i32 {
+    use std::os::unix::process::ExitStatusExt;
+    status
+        .code()
+        .or_else(|| status.signal().map(|s| 128 + s))
+        .unwrap_or(-1)
+}
+
 /// A streaming exec: the runtime's `exec` process with the session's ends of its stdio.
+/// Dropping it kills the exec (see [`RunningExec`]).
 pub struct ExecProcess {
-    child: tokio::process::Child,
-    id: String,
-    pid_file: PathBuf,
+    running: RunningExec,
     pub stdin: Option<Box<dyn tokio::io::AsyncWrite + Send + Unpin>>,
     pub stdout: Option<Box<dyn tokio::io::AsyncRead + Send + Unpin>>,
     pub stderr: Option<Box<dyn tokio::io::AsyncRead + Send + Unpin>>,
@@ -410,27 +598,28 @@ pub struct ExecProcess {
 impl ExecProcess {
     /// Waits for the exec to end: its exit code (128 + signal when killed).
     pub async fn wait(&mut self) -> std::io::Result<i32> {
-        use std::os::unix::process::ExitStatusExt;
-        let status = self.child.wait().await?;
-        let _ = std::fs::remove_file(&self.pid_file);
-        Ok(status
-            .code()
-            .or_else(|| status.signal().map(|s| 128 + s))
-            .unwrap_or(-1))
+        let child = self
+            .running
+            .child
+            .as_mut()
+            .ok_or_else(|| std::io::Error::other("exec already ended"))?;
+        let status = child.wait().await?;
+        // Ended by itself: nothing left to kill; the files go.
+        self.running.child = None;
+        self.running.files = None;
+        Ok(exit_code(status))
     }
 
-    /// Kills the exec'd process with everything it started, and the runtime's process.
-    pub fn kill(&mut self) {
-        if let Some(pid) = std::fs::read_to_string(&self.pid_file)
-            .ok()
-            .and_then(|s| s.trim().parse::<i32>().ok())
-            .and_then(rustix::process::Pid::from_raw)
-        {
-            kill_tree(pid);
-        }
-        let _ = self.child.start_kill();
-        let _ = std::fs::remove_file(&self.pid_file);
-        tracing::debug!(container_id = %self.id, "streaming exec killed");
+    /// Kills the exec'd process with everything it started, and waits until the runtime's
+    /// process has reaped it and exited.
+    pub async fn kill(&mut self) {
+        let running = RunningExec {
+            id: self.running.id.clone(),
+            child: self.running.child.take(),
+            files: self.running.files.take(),
+        };
+        running.end().await;
+        tracing::debug!(container_id = %self.running.id, "streaming exec killed");
     }
 }
 
@@ -471,7 +660,7 @@ pub fn resize_terminal(terminal: &std::fs::File, width: u16, height: u16) {
 pub fn spawn_exec(
     id: &str,
     cmd: Command,
-    pid_file: &Path,
+    files: ExecFiles,
     tty: bool,
     stdin: bool,
     stdout: bool,
@@ -535,9 +724,11 @@ pub fn spawn_exec(
             ),
         };
     Ok(ExecProcess {
-        child,
-        id: id.to_string(),
-        pid_file: pid_file.to_path_buf(),
+        running: RunningExec {
+            id: id.to_string(),
+            child: Some(child),
+            files: Some(files),
+        },
         stdin: to_stdin,
         stdout: from_stdout,
         stderr: from_stderr,
@@ -632,6 +823,23 @@ mod tests {
     use super::*;
 
     #[test]
+    fn runtime_state_parses() {
+        let st =
+            parse_state(br#"{"ociVersion":"1.0.2","id":"c","pid":42,"status":"running"}"#).unwrap();
+        assert_eq!(
+            st,
+            RuntimeState {
+                status: "running".into(),
+                pid: 42
+            }
+        );
+        assert!(st.is_alive());
+        let st = parse_state(br#"{"id":"c","pid":0,"status":"stopped"}"#).unwrap();
+        assert!(!st.is_alive());
+        assert_eq!(parse_state(b"nonsense"), None);
+    }
+
+    #[test]
     fn monitor_output_parses() {
         assert_eq!(
             parse_created("pid=42 monitor_pid=41\n"),
@@ -644,40 +852,80 @@ mod tests {
         assert_eq!(parse_created("garbage"), None);
     }
 
+    fn files(dir: &Path) -> ExecFiles {
+        ExecFiles {
+            pid_file: dir.join("pid"),
+            process_file: dir.join("process.json"),
+        }
+    }
+
+    /// `sh` stands in for the runtime's exec and the exec'd process alike: it writes its pid to
+    /// the pid file (and a copy that survives the exec), starts a background child, and sleeps.
+    fn sleeper(dir: &Path) -> Command {
+        let mut cmd = Command::new("sh");
+        cmd.arg("-c").arg(format!(
+            "echo $$ > {0}/pid; echo $$ > {0}/pid.copy; sleep 30 & echo $! > {0}/child; exec sleep 30",
+            dir.display()
+        ));
+        cmd
+    }
+
+    fn read_pid(path: &Path) -> Option<u32> {
+        std::fs::read_to_string(path).ok()?.trim().parse().ok()
+    }
+
+    /// Alive and not a zombie.
+    fn running(pid: u32) -> bool {
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .map(|s| !s.contains(") Z "))
+            .unwrap_or(false)
+    }
+
     #[tokio::test]
     async fn exec_sync_times_out_and_kills_what_it_started() {
         let dir = tempfile::tempdir().unwrap();
-        let pid_file = dir.path().join("pid");
-        let mut cmd = Command::new("sh");
-        let child_file = dir.path().join("child");
-        cmd.arg("-c").arg(format!(
-            "echo $$ > {}; sleep 30 & echo $! > {}; exec sleep 30",
-            pid_file.display(),
-            child_file.display()
-        ));
         let started = std::time::Instant::now();
-        let err = exec_sync("c1", cmd, &pid_file, Some(Duration::from_millis(300)))
-            .await
-            .unwrap_err();
+        let err = exec_sync(
+            "c1",
+            sleeper(dir.path()),
+            files(dir.path()),
+            Some(Duration::from_millis(300)),
+        )
+        .await
+        .unwrap_err();
         assert!(matches!(err, RuntimeError::Timeout { .. }), "{err}");
-        assert!(started.elapsed() < Duration::from_secs(3));
-        let pid: u32 = std::fs::read_to_string(&pid_file)
-            .unwrap()
-            .trim()
-            .parse()
-            .unwrap();
-        let child: u32 = std::fs::read_to_string(&child_file)
-            .unwrap()
-            .trim()
-            .parse()
-            .unwrap();
-        std::thread::sleep(Duration::from_millis(100));
-        for pid in [pid, child] {
-            let alive = std::fs::read_to_string(format!("/proc/{pid}/stat"))
-                .map(|s| !s.contains(") Z "))
-                .unwrap_or(false);
-            assert!(!alive, "{pid} survived the timeout");
+        assert!(started.elapsed() < Duration::from_secs(10));
+        let pid = read_pid(&dir.path().join("pid.copy")).unwrap();
+        let child = read_pid(&dir.path().join("child")).unwrap();
+        // The exec'd process was reaped before the error was returned: not even a zombie.
+        assert!(
+            !Path::new(&format!("/proc/{pid}")).exists(),
+            "{pid} left behind"
+        );
+        assert!(!running(child), "{child} survived the timeout");
+        assert!(!dir.path().join("pid").exists(), "pid file left behind");
+    }
+
+    #[tokio::test]
+    async fn exec_sync_whose_caller_goes_away_kills_what_it_started() {
+        let dir = tempfile::tempdir().unwrap();
+        let pid_copy = dir.path().join("pid.copy");
+        let cancelled = tokio::time::timeout(
+            Duration::from_millis(300),
+            exec_sync("c1", sleeper(dir.path()), files(dir.path()), None),
+        )
+        .await;
+        assert!(cancelled.is_err(), "the exec ended by itself");
+        let pid = read_pid(&pid_copy).unwrap();
+        let child = read_pid(&dir.path().join("child")).unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while (running(pid) || running(child)) && std::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
+        assert!(
+            !running(pid) && !running(child),
+            "the cancelled exec runs on"
+        );
     }
 
     #[tokio::test]
@@ -685,9 +933,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut cmd = Command::new("sh");
         cmd.arg("-c").arg("echo out; echo err >&2; exit 3");
-        let out = exec_sync("c1", cmd, &dir.path().join("pid"), None)
-            .await
-            .unwrap();
+        let out = exec_sync("c1", cmd, files(dir.path()), None).await.unwrap();
         assert_eq!(out.stdout, b"out\n");
         assert_eq!(out.stderr, b"err\n");
         assert_eq!(out.exit_code, 3);

@@ -162,6 +162,15 @@ impl Sandboxes {
                 infra::kill(&infra)?;
             }
         }
+        if let (Some(cg), Ok(text)) = (
+            &self.cgroups,
+            std::fs::read_to_string(run_dir.join(CGROUPS_INTENT)),
+        ) {
+            let dirs: Vec<PathBuf> = serde_json::from_str(&text).unwrap_or_default();
+            if let Err(e) = cg.remove_created(&dirs) {
+                tracing::warn!(pod_id = %id, error = %e, "cgroup of a pod without a record not removed");
+            }
+        }
         let netns = run_dir.join("ns/net");
         let spec = orphan_spec();
         self.network.teardown(&PodNetwork {
@@ -316,6 +325,15 @@ impl Sandboxes {
         let mut cgroups_created = Vec::new();
         if !spec.cgroup_parent.is_empty() {
             if let Some(cg) = &self.cgroups {
+                // What is about to be created is written down first: a daemon killed before the
+                // record exists leaves this file for the restart's orphan cleanup.
+                let missing = cg
+                    .missing(&spec.cgroup_parent)
+                    .map_err(|e| Error::InvalidArgument(e.to_string()))?;
+                let intent = run_dir.join(CGROUPS_INTENT);
+                let text = serde_json::to_string(&missing)
+                    .map_err(|e| Error::Internal(format!("pod cgroups: {e}")))?;
+                files::write_file(&intent, &text).map_err(io_err("write", &intent))?;
                 cgroups_created = cg
                     .ensure(&spec.cgroup_parent)
                     .map_err(|e| Error::Internal(e.to_string()))?;
@@ -570,6 +588,9 @@ impl Sandboxes {
             .set(not_ready);
     }
 }
+
+/// In a pod's run dir: the cgroup directories its create was about to make (JSON list).
+const CGROUPS_INTENT: &str = "cgroups.json";
 
 /// Whether `path` is a namespace pin (a bind mount of an nsfs file), not a plain file.
 fn is_ns_pin(path: &Path) -> bool {

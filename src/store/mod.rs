@@ -4,7 +4,9 @@
 //! `{"version": N, "kind": ..., "id": ..., "data": ...}`. Writes go to a temp file in the same
 //! directory, are fsynced, renamed over the record and the directory is fsynced; the in-memory copy
 //! changes only after the disk write succeeded, so a crash at any moment leaves either the old or
-//! the new record, never a torn one. Must not hold locks across I/O or know about CRI types.
+//! the new record, never a torn one. Changes to an existing record go through
+//! [`Collection::modify`] (read-modify-write under that record's own write lock). Must not hold a
+//! lock across I/O other than one record's write lock, or know about CRI types.
 //!
 //! File I/O is blocking; async callers use the `*_async` wrappers, which run it on the blocking pool.
 
@@ -130,7 +132,21 @@ struct EnvelopeIn {
 pub struct Collection<T: Record> {
     dir: PathBuf,
     items: RwLock<BTreeMap<String, Arc<T>>>,
+    /// One lock per record id, held across each write of that record (so a read-modify-write
+    /// never interleaves with another write of the same record); never across two ids.
+    writes: std::sync::Mutex<BTreeMap<String, Arc<std::sync::Mutex<()>>>>,
     _kind: PhantomData<T>,
+}
+
+/// What [`Collection::modify`] did.
+#[derive(Debug)]
+pub enum Modified<T> {
+    /// No record with that id.
+    Missing,
+    /// The change function left the record as it was.
+    Unchanged(Arc<T>),
+    /// The new record, on disk and in memory.
+    Changed(Arc<T>),
 }
 
 /// What loading found besides the records: problems reported by the caller, not fatal.
@@ -196,6 +212,7 @@ impl<T: Record> Collection<T> {
         let collection = Collection {
             dir,
             items: RwLock::new(items),
+            writes: std::sync::Mutex::new(BTreeMap::new()),
             _kind: PhantomData,
         };
         Ok((Arc::new(collection), report))
@@ -264,8 +281,56 @@ impl<T: Record> Collection<T> {
         }
     }
 
+    /// The write lock of `id` (idle entries are dropped on the way).
+    fn write_lock(&self, id: &str) -> Arc<std::sync::Mutex<()>> {
+        let mut locks = match self.writes.lock() {
+            Ok(l) => l,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        locks.retain(|_, l| Arc::strong_count(l) > 1);
+        locks.entry(id.to_string()).or_default().clone()
+    }
+
+    /// Read-modify-write of one record under its write lock (containerd's `Status.Update`):
+    /// `change` sees the record as it is now and returns the next one (`None`: unchanged),
+    /// which is written to disk, then to memory; `then` runs with the stored record while the
+    /// lock is still held, so what it publishes follows the order of the writes. A copy read
+    /// earlier is never written back. Blocking.
+    pub fn modify<E: From<StoreError>>(
+        &self,
+        id: &str,
+        change: impl FnOnce(&T) -> Result<Option<T>, E>,
+        then: impl FnOnce(&Arc<T>),
+    ) -> Result<Modified<T>, E> {
+        let lock = self.write_lock(id);
+        let _held = match lock.lock() {
+            Ok(g) => g,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        let Some(current) = self.get(id) else {
+            return Ok(Modified::Missing);
+        };
+        match change(&current)? {
+            None => Ok(Modified::Unchanged(current)),
+            Some(next) => {
+                let stored = self.put_locked(id, next)?;
+                then(&stored);
+                Ok(Modified::Changed(stored))
+            }
+        }
+    }
+
     /// Writes the record to disk, then to memory. Blocking.
     pub fn put(&self, id: &str, value: T) -> Result<Arc<T>, StoreError> {
+        let lock = self.write_lock(id);
+        let _held = match lock.lock() {
+            Ok(g) => g,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        self.put_locked(id, value)
+    }
+
+    fn put_locked(&self, id: &str, value: T) -> Result<Arc<T>, StoreError> {
         let path = self.path_of(id)?;
         let bytes = serde_json::to_vec_pretty(&EnvelopeOut {
             version: T::VERSION,
@@ -287,6 +352,11 @@ impl<T: Record> Collection<T> {
 
     /// Removes the record from disk, then from memory. Missing records are fine. Blocking.
     pub fn remove(&self, id: &str) -> Result<(), StoreError> {
+        let lock = self.write_lock(id);
+        let _held = match lock.lock() {
+            Ok(g) => g,
+            Err(poisoned) => poisoned.into_inner(),
+        };
         remove_durable(&self.path_of(id)?)?;
         if let Ok(mut items) = self.items.write() {
             items.remove(id);

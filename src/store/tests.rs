@@ -164,3 +164,43 @@ fn a_crash_in_the_middle_of_writes_never_leaves_a_torn_record() {
         }
     }
 }
+
+#[test]
+fn concurrent_read_modify_writes_of_one_record_lose_no_update() {
+    let dir = tempfile::tempdir().unwrap();
+    let (c, _) = Collection::<Rec>::open(dir.path()).unwrap();
+    c.put("a", rec(0, 4)).unwrap();
+    let published = Arc::new(std::sync::Mutex::new(Vec::new()));
+    std::thread::scope(|s| {
+        for _ in 0..8 {
+            let (c, published) = (&c, published.clone());
+            s.spawn(move || {
+                for _ in 0..25 {
+                    let out = c
+                        .modify::<StoreError>(
+                            "a",
+                            |cur| Ok(Some(rec(cur.seq + 1, 4))),
+                            |stored| published.lock().unwrap().push(stored.seq),
+                        )
+                        .unwrap();
+                    assert!(matches!(out, Modified::Changed(_)));
+                }
+            });
+        }
+    });
+    assert_eq!(c.get("a").unwrap().seq, 200);
+    // `then` ran in write order: every sequence number once, ascending.
+    assert_eq!(*published.lock().unwrap(), (1..=200).collect::<Vec<_>>());
+    let unchanged = c
+        .modify::<StoreError>("a", |_| Ok(None), |_| panic!("nothing was written"))
+        .unwrap();
+    assert!(matches!(unchanged, Modified::Unchanged(r) if r.seq == 200));
+    let missing = c
+        .modify::<StoreError>("zz", |_| Ok(Some(rec(1, 1))), |_| {})
+        .unwrap();
+    assert!(matches!(missing, Modified::Missing));
+    assert!(c.get("zz").is_none());
+    drop(c);
+    let (c, _) = Collection::<Rec>::open(dir.path()).unwrap();
+    assert_eq!(c.get("a").unwrap().seq, 200);
+}

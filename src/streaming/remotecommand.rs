@@ -397,7 +397,7 @@ async fn run_exec(
             Err(e) => Outcome::Failed(e.to_string()),
         },
         _ = peer.closed() => {
-            process.kill();
+            process.kill().await;
             Outcome::Failed("the client went away".into())
         }
     }

@@ -204,6 +204,7 @@ impl Case {
                 arch: "x86_64".into(),
                 idmap_mounts: false,
                 pids_limit: 0,
+                seccomp_use_default_when_empty: false,
             },
             netns: pod_file("ns/net"),
             ipcns: pod_file("ns/ipc"),

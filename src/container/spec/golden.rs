@@ -52,8 +52,14 @@ fn check(name: &str, case: &Case) {
 
 #[test]
 fn golden_busybox_minimal() {
-    // kubelet defaults, no seccomp field: the built-in RuntimeDefault profile.
-    check("busybox-minimal", &Case::busybox());
+    // kubelet defaults with `seccompDefault`: the built-in RuntimeDefault profile, asked for
+    // explicitly (no seccomp field at all is unconfined: `a_container_without_a_profile_*`).
+    let mut case = Case::busybox();
+    case.sc().seccomp = Some(cri::SecurityProfile {
+        profile_type: cri::security_profile::ProfileType::RuntimeDefault as i32,
+        localhost_ref: String::new(),
+    });
+    check("busybox-minimal", &case);
 }
 
 #[test]
@@ -97,9 +103,10 @@ fn golden_privileged() {
     case.host.selinux = true;
     let sc = case.sc();
     sc.privileged = true;
+    // Ignored: privileged containers run without seccomp whatever the profile says.
     sc.seccomp = Some(cri::SecurityProfile {
-        profile_type: cri::security_profile::ProfileType::RuntimeDefault as i32,
-        localhost_ref: String::new(),
+        profile_type: cri::security_profile::ProfileType::Localhost as i32,
+        localhost_ref: "/var/lib/kubelet/seccomp/audit.json".into(),
     });
     sc.selinux_options = Some(cri::SeLinuxOption {
         level: "s0:c1,c2".into(),

@@ -10,10 +10,12 @@
 //! Localhost profiles, so both OCI and Docker-style files work.
 //!
 //! Choice: the container's `seccomp` field, else the deprecated `seccomp_profile_path`
-//! (`runtime/default`, `docker/default`, `unconfined`, `localhost/<path>`), else
-//! `RuntimeDefault` (CRI-O's `seccomp_use_default_when_empty`). Privileged containers run
-//! unconfined unless they name a Localhost profile (Kubernetes documents privileged
-//! containers as unconfined; kubelet's `seccompDefault` sends `RuntimeDefault` for them too).
+//! (`runtime/default`, `docker/default`, `unconfined`, `localhost/<path>`), else `Unconfined`
+//! (kubelet sends `RuntimeDefault` explicitly when it wants it; containerd and critest read an
+//! unset profile the same way), or `RuntimeDefault` with `[runtime]
+//! seccomp_use_default_when_empty` (CRI-O's key of the same name). Privileged containers run
+//! without seccomp whatever the profile says, Localhost included (containerd and CRI-O skip
+//! seccomp for them; kubelet's `seccompDefault` sends `RuntimeDefault` for them too).
 
 use std::path::PathBuf;
 use std::sync::LazyLock;
@@ -249,28 +251,44 @@ fn choice(sc: &cri::LinuxContainerSecurityContext) -> Result<Option<Choice>, Spe
 }
 
 /// The Localhost profile file a container asks for, if any: the caller reads it and passes
-/// its contents as `SpecInput::seccomp_localhost`.
+/// its contents as `SpecInput::seccomp_localhost`. None for a privileged container (its
+/// profile is ignored).
 pub fn localhost_profile_path(config: &cri::ContainerConfig) -> Option<PathBuf> {
     let sc = config.linux.as_ref()?.security_context.as_ref()?;
+    if sc.privileged {
+        return None;
+    }
     match choice(sc) {
         Ok(Some(Choice::Localhost(path))) => Some(PathBuf::from(path)),
         _ => None,
     }
 }
 
+/// What a container without any seccomp profile gets (`[runtime]
+/// seccomp_use_default_when_empty`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum WhenEmpty {
+    Unconfined,
+    RuntimeDefault,
+}
+
 /// The seccomp section of a container's spec; `None` = unconfined.
 pub(super) fn for_container(
     sc: &cri::LinuxContainerSecurityContext,
     privileged: bool,
+    when_empty: WhenEmpty,
     localhost: Option<&str>,
     caps: &Capabilities,
     arch: &str,
 ) -> Result<Option<LinuxSeccomp>, SpecError> {
+    // The request is still validated for a privileged container, then ignored.
     let choice = match choice(sc)? {
-        Some(Choice::Localhost(path)) => Choice::Localhost(path),
         _ if privileged => Choice::Unconfined,
         Some(c) => c,
-        None => Choice::RuntimeDefault,
+        None => match when_empty {
+            WhenEmpty::Unconfined => Choice::Unconfined,
+            WhenEmpty::RuntimeDefault => Choice::RuntimeDefault,
+        },
     };
     match choice {
         Choice::Unconfined => Ok(None),
@@ -387,9 +405,34 @@ mod tests {
     fn the_choice_follows_the_field_then_the_legacy_path_then_the_default() {
         let none = caps(&[]);
         let run = |sc: &cri::LinuxContainerSecurityContext, privileged, local| {
-            for_container(sc, privileged, local, &none, "x86_64")
+            for_container(
+                sc,
+                privileged,
+                WhenEmpty::Unconfined,
+                local,
+                &none,
+                "x86_64",
+            )
         };
-        assert!(run(&Default::default(), false, None).unwrap().is_some());
+        // No profile at all: unconfined, or the built-in one when configured so (issue 11).
+        assert!(run(&Default::default(), false, None).unwrap().is_none());
+        let with_default = |sc: &cri::LinuxContainerSecurityContext, privileged| {
+            for_container(
+                sc,
+                privileged,
+                WhenEmpty::RuntimeDefault,
+                None,
+                &none,
+                "x86_64",
+            )
+        };
+        assert_eq!(
+            with_default(&Default::default(), false).unwrap(),
+            Some(default_profile(&none, "x86_64").unwrap())
+        );
+        assert!(with_default(&Default::default(), true).unwrap().is_none());
+        assert!(with_default(&sc_with(1, ""), false).unwrap().is_none());
+        assert!(run(&sc_with(0, ""), false, None).unwrap().is_some());
         assert!(run(&Default::default(), true, None).unwrap().is_none());
         assert!(run(&sc_with(1, ""), false, None).unwrap().is_none());
         assert!(run(&sc_with(0, ""), true, None).unwrap().is_none());
@@ -406,10 +449,48 @@ mod tests {
             .unwrap()
             .unwrap();
         assert_eq!(got.default_action(), LinuxSeccompAction::ScmpActLog);
-        // An explicit Localhost profile applies to privileged containers too.
-        assert!(run(&sc_with(2, "/etc/p.json"), true, Some(oci))
+        assert!(run(&sc_with(2, "/etc/p.json"), false, Some(oci))
             .unwrap()
             .is_some());
+    }
+
+    /// Issue 11 item 4b: a privileged container was confined by a Localhost profile; it runs
+    /// without seccomp whatever the profile says, and its profile file is not even read.
+    #[test]
+    fn privileged_containers_ignore_every_profile_including_localhost() {
+        let none = caps(&[]);
+        let oci = r#"{"defaultAction":"SCMP_ACT_LOG"}"#;
+        for (sc, local) in [
+            (sc_with(0, ""), None),
+            (sc_with(2, "/etc/p.json"), Some(oci)),
+            (sc_with(2, "/etc/missing.json"), None),
+        ] {
+            for when_empty in [WhenEmpty::Unconfined, WhenEmpty::RuntimeDefault] {
+                let got = for_container(&sc, true, when_empty, local, &none, "x86_64");
+                assert!(got.unwrap().is_none(), "{sc:?}");
+            }
+        }
+        let privileged = cri::ContainerConfig {
+            linux: Some(cri::LinuxContainerConfig {
+                security_context: Some(cri::LinuxContainerSecurityContext {
+                    privileged: true,
+                    ..sc_with(2, "/var/lib/kubelet/seccomp/p.json")
+                }),
+                resources: None,
+            }),
+            ..Default::default()
+        };
+        assert_eq!(localhost_profile_path(&privileged), None);
+        // A malformed request is still refused.
+        let err = for_container(
+            &sc_with(2, "p.json"),
+            true,
+            WhenEmpty::Unconfined,
+            None,
+            &none,
+            "x86_64",
+        );
+        assert!(err.is_err());
     }
 
     #[test]
@@ -431,17 +512,20 @@ mod tests {
     #[test]
     #[allow(deprecated)]
     fn bad_seccomp_requests_are_refused_naming_the_field() {
+        const U: WhenEmpty = WhenEmpty::Unconfined;
         let none = caps(&[]);
-        let err = for_container(&sc_with(2, "/p.json"), false, None, &none, "x86_64").unwrap_err();
+        let err =
+            for_container(&sc_with(2, "/p.json"), false, U, None, &none, "x86_64").unwrap_err();
         assert!(matches!(err, SpecError::NotFound(_)));
         assert!(err.to_string().contains("/p.json"), "{err}");
-        let err = for_container(&sc_with(2, "p.json"), false, None, &none, "x86_64").unwrap_err();
-        assert!(err.to_string().contains("seccomp.localhost_ref"), "{err}");
         let err =
-            for_container(&sc_with(2, "/p.json"), false, Some("{"), &none, "x86_64").unwrap_err();
+            for_container(&sc_with(2, "p.json"), false, U, None, &none, "x86_64").unwrap_err();
+        assert!(err.to_string().contains("seccomp.localhost_ref"), "{err}");
+        let err = for_container(&sc_with(2, "/p.json"), false, U, Some("{"), &none, "x86_64")
+            .unwrap_err();
         assert!(matches!(err, SpecError::InvalidArgument(_)));
         assert!(err.to_string().contains("seccomp profile /p.json"), "{err}");
-        let err = for_container(&sc_with(5, ""), false, None, &none, "x86_64").unwrap_err();
+        let err = for_container(&sc_with(5, ""), false, U, None, &none, "x86_64").unwrap_err();
         assert!(
             err.to_string().contains("seccomp: unknown profile type 5"),
             "{err}"
@@ -450,14 +534,21 @@ mod tests {
             seccomp_profile_path: "strict".into(),
             ..Default::default()
         };
-        let err = for_container(&legacy, false, None, &none, "x86_64").unwrap_err();
+        let err = for_container(&legacy, false, U, None, &none, "x86_64").unwrap_err();
         assert!(
             err.to_string().contains("seccomp_profile_path \"strict\""),
             "{err}"
         );
         let both = r#"{"defaultAction":"SCMP_ACT_ERRNO","architectures":["SCMP_ARCH_X86_64"],"archMap":[{"architecture":"SCMP_ARCH_X86_64"}]}"#;
-        let err =
-            for_container(&sc_with(2, "/p.json"), false, Some(both), &none, "x86_64").unwrap_err();
+        let err = for_container(
+            &sc_with(2, "/p.json"),
+            false,
+            U,
+            Some(both),
+            &none,
+            "x86_64",
+        )
+        .unwrap_err();
         assert!(err.to_string().contains("archMap"), "{err}");
     }
 }

@@ -403,6 +403,54 @@ fn a_missing_localhost_seccomp_profile_is_not_found() {
     );
 }
 
+/// Issue 11 item 4a: no seccomp field at all meant RuntimeDefault; kubelet, containerd and
+/// critest read it as Unconfined. The old behaviour is `seccomp_use_default_when_empty`.
+#[test]
+fn a_container_without_a_profile_is_unconfined_unless_configured_otherwise() {
+    let seccomp = |case: &Case| {
+        generated(case)
+            .spec
+            .linux()
+            .as_ref()
+            .unwrap()
+            .seccomp()
+            .clone()
+    };
+    let mut case = Case::busybox();
+    assert_eq!(seccomp(&case), None);
+
+    let mut explicit = Case::busybox();
+    explicit.sc().seccomp = Some(cri::SecurityProfile {
+        profile_type: cri::security_profile::ProfileType::RuntimeDefault as i32,
+        localhost_ref: String::new(),
+    });
+    let runtime_default = seccomp(&explicit);
+    assert!(runtime_default.is_some());
+
+    case.host.seccomp_use_default_when_empty = true;
+    assert_eq!(seccomp(&case), runtime_default);
+    // An explicit Unconfined stays unconfined with the key set.
+    case.unconfined();
+    assert_eq!(seccomp(&case), None);
+}
+
+#[test]
+fn a_privileged_container_ignores_its_localhost_profile() {
+    let mut case = Case::busybox();
+    case.pod_sc().privileged = true;
+    case.sc().privileged = true;
+    case.sc().seccomp = Some(cri::SecurityProfile {
+        profile_type: cri::security_profile::ProfileType::Localhost as i32,
+        localhost_ref: "/var/lib/kubelet/seccomp/audit.json".into(),
+    });
+    case.seccomp_localhost = Some(r#"{"defaultAction":"SCMP_ACT_LOG"}"#.into());
+    let g = generated(&case);
+    assert_eq!(g.spec.linux().as_ref().unwrap().seccomp(), &None);
+    // Not even a missing file stops it.
+    case.seccomp_localhost = None;
+    generated(&case);
+}
+
 #[test]
 fn pod_sysctls_are_copied_in_dotted_form() {
     let mut case = Case::busybox();

@@ -1,13 +1,59 @@
 //! Where to fetch a repository from: the host's mirrors in order, then the host itself.
 //!
 //! Owns turning `[image.registries."HOST"]` settings into an ordered list of endpoints (API host,
-//! path prefix, plain HTTP or TLS) and the URLs of the distribution API on them. Pure: no I/O.
-//! Must not decide what to do with an endpoint's answer (that is the client's job).
+//! path prefix, plain HTTP or TLS) and the URLs of the distribution API on them, including the
+//! loopback rule (`[image] insecure_loopback`: `localhost`, `127.0.0.0/8` and `::1` are
+//! insecure unless they have a `ca_file`, as in containerd). Pure: no I/O. Must not decide what
+//! to do with an endpoint's answer (that is the client's job).
 
 use std::collections::BTreeMap;
+use std::net::IpAddr;
 use std::path::PathBuf;
 
-use crate::config::RegistryConfig;
+use crate::config::{ImageConfig, RegistryConfig};
+
+/// The registry settings endpoints are derived from.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Registries {
+    /// `[image.registries."HOST"]` by host.
+    pub hosts: BTreeMap<String, RegistryConfig>,
+    /// `[image] insecure_loopback`: loopback hosts without a `ca_file` are insecure.
+    pub insecure_loopback: bool,
+}
+
+impl From<&ImageConfig> for Registries {
+    fn from(config: &ImageConfig) -> Registries {
+        Registries {
+            hosts: config.registries.clone(),
+            insecure_loopback: config.insecure_loopback,
+        }
+    }
+}
+
+/// Only the given tables: no loopback rule (`insecure_loopback = false`).
+impl From<BTreeMap<String, RegistryConfig>> for Registries {
+    fn from(hosts: BTreeMap<String, RegistryConfig>) -> Registries {
+        Registries {
+            hosts,
+            insecure_loopback: false,
+        }
+    }
+}
+
+/// `localhost`, `127.0.0.0/8` or `::1`, with or without a port (`[::1]:5000`), like containerd's
+/// `docker.IsLocalhost`.
+pub(crate) fn is_loopback(host: &str) -> bool {
+    let name = match host.strip_prefix('[') {
+        Some(rest) => rest.split_once(']').map_or(rest, |(ip, _)| ip),
+        // One colon: `host:port`; more: a bare IPv6 address.
+        None => match host.split_once(':') {
+            Some((name, port)) if !port.contains(':') => name,
+            _ => host,
+        },
+    };
+    name.eq_ignore_ascii_case("localhost")
+        || name.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
 
 /// The registry name Docker Hub references carry, and its real API host.
 const DOCKER_HUB: &str = "docker.io";
@@ -90,10 +136,12 @@ pub(crate) fn api_host(registry: &str) -> &str {
 
 /// The endpoints to try for `registry`, in order: its mirrors, then the registry itself unless
 /// `mirror_only`.
-pub(crate) fn endpoints(
-    registries: &BTreeMap<String, RegistryConfig>,
-    registry: &str,
-) -> Vec<Endpoint> {
+pub(crate) fn endpoints(settings: &Registries, registry: &str) -> Vec<Endpoint> {
+    let registries = &settings.hosts;
+    // A loopback endpoint with no CA of its own is insecure under `insecure_loopback`.
+    let loopback = |host: &str, ca: &Option<PathBuf>| {
+        settings.insecure_loopback && ca.is_none() && is_loopback(host)
+    };
     let config = registries.get(registry).cloned().unwrap_or_default();
     let mut out = Vec::with_capacity(config.mirrors.len() + 1);
     for mirror in &config.mirrors {
@@ -108,22 +156,28 @@ pub(crate) fn endpoints(
             continue;
         }
         let own = registries.get(host);
+        let ca = own.and_then(ca_file);
         out.push(Endpoint {
             host: host.to_string(),
             prefix: prefix.trim_matches('/').to_string(),
-            insecure: config.insecure || own.is_some_and(|c| c.insecure) || plain_http,
+            insecure: config.insecure
+                || own.is_some_and(|c| c.insecure)
+                || plain_http
+                || loopback(host, &ca),
             mirror_of: Some(registry.to_string()),
-            ca_file: own.and_then(ca_file),
+            ca_file: ca,
         });
     }
     // `mirror_only` without usable mirrors (refused by config validation) still tries the host.
     if !config.mirror_only || out.is_empty() {
+        let host = api_host(registry);
+        let ca = ca_file(&config);
         out.push(Endpoint {
-            host: api_host(registry).to_string(),
+            host: host.to_string(),
             prefix: String::new(),
-            insecure: config.insecure,
+            insecure: config.insecure || loopback(host, &ca),
             mirror_of: None,
-            ca_file: ca_file(&config),
+            ca_file: ca,
         });
     }
     out
@@ -148,7 +202,7 @@ mod tests {
 
     #[test]
     fn no_config_is_the_host_itself_over_tls() {
-        let e = endpoints(&BTreeMap::new(), "quay.io");
+        let e = endpoints(&Registries::default(), "quay.io");
         assert_eq!(e.len(), 1);
         assert_eq!((e[0].host.as_str(), e[0].insecure), ("quay.io", false));
         assert_eq!(e[0].schemes(), &["https"]);
@@ -161,7 +215,7 @@ mod tests {
 
     #[test]
     fn docker_hub_api_host() {
-        let e = endpoints(&BTreeMap::new(), "docker.io");
+        let e = endpoints(&Registries::default(), "docker.io");
         assert_eq!(
             e[0].manifest_url("https", "library/busybox", "latest"),
             "https://registry-1.docker.io/v2/library/busybox/manifests/latest"
@@ -179,7 +233,7 @@ mod tests {
                 false,
             ),
         );
-        let e = endpoints(&regs, "registry.k8s.io");
+        let e = endpoints(&regs.clone().into(), "registry.k8s.io");
         let urls: Vec<_> = e
             .iter()
             .map(|e| e.manifest_url(e.schemes()[0], "pause", "3.9"))
@@ -208,7 +262,7 @@ mod tests {
     fn mirror_only_skips_the_host() {
         let mut regs = BTreeMap::new();
         regs.insert("docker.io".to_string(), reg(&["m.example"], true, false));
-        let e = endpoints(&regs, "docker.io");
+        let e = endpoints(&regs.clone().into(), "docker.io");
         assert_eq!(e.len(), 1);
         assert_eq!(e[0].host, "m.example");
         assert_eq!(e[0].repository("library/busybox"), "library/busybox");
@@ -222,7 +276,7 @@ mod tests {
             reg(&["127.0.0.1:5000/p", "secure.example"], false, false),
         );
         regs.insert("127.0.0.1:5000".to_string(), reg(&[], false, true));
-        let e = endpoints(&regs, "registry.example");
+        let e = endpoints(&regs.clone().into(), "registry.example");
         let insecure: Vec<_> = e.iter().map(|e| e.insecure).collect();
         assert_eq!(insecure, [true, false, false]);
         assert_eq!(e[0].schemes(), &["https", "http"]);
@@ -231,7 +285,7 @@ mod tests {
             "registry.example".to_string(),
             reg(&["secure.example"], false, true),
         );
-        let e = endpoints(&regs, "registry.example");
+        let e = endpoints(&regs.clone().into(), "registry.example");
         assert!(e.iter().all(|e| e.insecure));
     }
 
@@ -244,7 +298,7 @@ mod tests {
         let mut mirror = reg(&[], false, false);
         mirror.ca_file = PathBuf::from("/etc/mirror-ca.pem");
         regs.insert("mirror.example".to_string(), mirror);
-        let e = endpoints(&regs, "registry.example");
+        let e = endpoints(&regs.clone().into(), "registry.example");
         let cas: Vec<_> = e.iter().map(|e| e.ca_file.clone()).collect();
         assert_eq!(
             cas,
@@ -254,5 +308,69 @@ mod tests {
                 Some(PathBuf::from("/etc/up-ca.pem")),
             ]
         );
+    }
+
+    #[test]
+    fn loopback_hosts_are_recognized_with_and_without_ports() {
+        for host in [
+            "localhost",
+            "localhost:5000",
+            "LOCALHOST:5000",
+            "127.0.0.1",
+            "127.0.0.1:5000",
+            "127.1.2.3:80",
+            "::1",
+            "[::1]",
+            "[::1]:5000",
+        ] {
+            assert!(is_loopback(host), "{host}");
+        }
+        for host in [
+            "docker.io",
+            "registry.local:5000",
+            "localhost.example:5000",
+            "128.0.0.1:5000",
+            "10.0.0.1",
+            "[::2]:5000",
+            "::2",
+            "",
+        ] {
+            assert!(!is_loopback(host), "{host}");
+        }
+    }
+
+    /// Issue 11 item 7: a loopback registry needed a table marking it insecure; containerd
+    /// falls back to plain HTTP for loopback hosts by default.
+    #[test]
+    fn loopback_endpoints_are_insecure_by_default_unless_off_or_given_a_ca() {
+        let on = |hosts: BTreeMap<String, RegistryConfig>| Registries {
+            hosts,
+            insecure_loopback: true,
+        };
+        let e = endpoints(&on(BTreeMap::new()), "127.0.0.1:5000");
+        assert!(e[0].insecure);
+        assert_eq!(e[0].schemes(), &["https", "http"]);
+        assert!(endpoints(&on(BTreeMap::new()), "localhost:5000")[0].insecure);
+        assert!(endpoints(&on(BTreeMap::new()), "[::1]:5000")[0].insecure);
+        assert!(!endpoints(&on(BTreeMap::new()), "quay.io")[0].insecure);
+        // Off: only the tables count.
+        let e = endpoints(&Registries::default(), "127.0.0.1:5000");
+        assert!(!e[0].insecure);
+        // A loopback host with its own CA is verified.
+        let mut regs = BTreeMap::new();
+        let mut own = reg(&[], false, false);
+        own.ca_file = PathBuf::from("/etc/ca.pem");
+        regs.insert("localhost:5443".to_string(), own);
+        assert!(!endpoints(&on(regs.clone()), "localhost:5443")[0].insecure);
+        // Loopback mirrors of a remote registry are insecure, the remote host is not.
+        regs.insert(
+            "registry.k8s.io".to_string(),
+            reg(&["127.0.0.1:5000/k8s", "localhost:5443"], false, false),
+        );
+        let insecure: Vec<_> = endpoints(&on(regs), "registry.k8s.io")
+            .iter()
+            .map(|e| e.insecure)
+            .collect();
+        assert_eq!(insecure, [true, false, false]);
     }
 }

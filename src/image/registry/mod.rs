@@ -16,7 +16,7 @@ pub mod endpoint;
 pub mod error;
 pub mod manifest;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
@@ -25,10 +25,10 @@ use futures_util::TryStreamExt;
 use reqwest::header::{HeaderMap, ACCEPT, AUTHORIZATION, CONTENT_TYPE, WWW_AUTHENTICATE};
 use reqwest::StatusCode;
 
-use crate::config::RegistryConfig;
 use crate::image::reference::Reference;
 use auth::Session;
 use blob::sha256_digest;
+pub use endpoint::Registries;
 use endpoint::{endpoints, Endpoint};
 
 pub use auth::Credentials;
@@ -51,7 +51,7 @@ const CONTENT_DIGEST: &str = "docker-content-digest";
 
 /// A registry client; cheap to share behind an `Arc`.
 pub struct Client {
-    registries: RwLock<BTreeMap<String, RegistryConfig>>,
+    registries: RwLock<Registries>,
     /// Verifies TLS certificates.
     secure: reqwest::Client,
     /// For `insecure` endpoints: no certificate verification.
@@ -147,10 +147,10 @@ struct Fetched {
 }
 
 impl Client {
-    pub fn new(registries: BTreeMap<String, RegistryConfig>) -> Result<Client, RegistryError> {
+    pub fn new(registries: impl Into<Registries>) -> Result<Client, RegistryError> {
         let build_err = |e: reqwest::Error| RegistryError::Client(error_chain(&e));
         Ok(Client {
-            registries: RwLock::new(registries),
+            registries: RwLock::new(registries.into()),
             secure: client_builder().build().map_err(build_err)?,
             insecure: client_builder()
                 .danger_accept_invalid_certs(true)
@@ -162,9 +162,9 @@ impl Client {
 
     /// Replaces the per-host settings (SIGHUP reload); pulls in flight keep their endpoints.
     /// `ca_file`s are read again at their next use.
-    pub fn set_registries(&self, registries: BTreeMap<String, RegistryConfig>) {
+    pub fn set_registries(&self, registries: impl Into<Registries>) {
         let mut guard = self.registries.write().unwrap_or_else(|p| p.into_inner());
-        *guard = registries;
+        *guard = registries.into();
         self.with_ca
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -810,7 +810,9 @@ fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+    use crate::config::RegistryConfig;
     use crate::error::ErrorKind;
+    use std::collections::BTreeMap;
 
     fn ep(host: &str, mirror: bool) -> Endpoint {
         Endpoint {

@@ -11,11 +11,6 @@ pub async fn remove_image(daemon: &Daemon, req: RemoveImageRequest) -> Result<Re
     if query.is_empty() {
         return Err(Error::InvalidArgument("image is empty".into()));
     }
-    if let Some(image) = daemon.images()?.lookup(&query) {
-        if let Some(container) = daemon.containers()?.image_in_use(&image.id) {
-            return Err(crate::image::ImageError::InUse(query, container).into());
-        }
-    }
-    daemon.images()?.remove(&query).await?;
+    daemon.remove_image(&query).await?;
     Ok(RemoveImageResponse {})
 }

@@ -12,6 +12,6 @@ pub async fn create_container(
     if req.pod_sandbox_id.is_empty() {
         return Err(Error::InvalidArgument("pod sandbox id is required".into()));
     }
-    let id = daemon.containers()?.create(req).await?;
+    let id = daemon.create_container(req).await?;
     Ok(CreateContainerResponse { container_id: id })
 }

@@ -13,13 +13,6 @@ pub async fn remove_pod_sandbox(
     if req.pod_sandbox_id.is_empty() {
         return Err(Error::InvalidArgument("pod sandbox id is required".into()));
     }
-    let pod = daemon.sandboxes()?.resolve(&req.pod_sandbox_id).ok();
-    if let Some(pod) = &pod {
-        daemon.containers()?.remove_pod(&pod.id).await?;
-    }
-    daemon.sandboxes()?.remove(&req.pod_sandbox_id).await?;
-    if let Some(pod) = pod {
-        daemon.containers()?.forget_pod_samples(&pod.id);
-    }
+    daemon.remove_pod(&req.pod_sandbox_id).await?;
     Ok(RemovePodSandboxResponse {})
 }

@@ -1,4 +1,5 @@
-//! `Status`: RuntimeReady and NetworkReady conditions, handlers and features.
+//! `Status`: RuntimeReady and NetworkReady conditions, handlers (the default one also under
+//! the empty name) and features.
 
 use std::collections::HashMap;
 
@@ -9,6 +10,37 @@ use k8s_cri::v1::{
 
 use crate::app::Daemon;
 use crate::error::{Error, Result};
+
+/// Every configured handler by name, and the default handler once more under the empty name:
+/// in the CRI the empty name denotes the handler a pod without a RuntimeClass runs with, and
+/// clients (critest, kubelet's feature checks) look their handler up by that name.
+fn handlers(daemon: &Daemon) -> Vec<RuntimeHandler> {
+    let runtime = &daemon.config.runtime;
+    let features = |name: &str| RuntimeHandlerFeatures {
+        // Reported only where the capability works end to end.
+        recursive_read_only_mounts: daemon
+            .containers()
+            .is_ok_and(|c| c.handler_supports_rro(name)),
+        // Both handlers: crius idmaps the rootfs layers and volumes itself.
+        user_namespaces: daemon
+            .sandboxes()
+            .is_ok_and(|s| s.supports_user_namespaces()),
+    };
+    let default = runtime
+        .handlers
+        .contains_key(&runtime.default_handler)
+        .then(|| RuntimeHandler {
+            name: String::new(),
+            features: Some(features(&runtime.default_handler)),
+        });
+    default
+        .into_iter()
+        .chain(runtime.handlers.keys().map(|name| RuntimeHandler {
+            name: name.clone(),
+            features: Some(features(name)),
+        }))
+        .collect()
+}
 
 pub async fn status(daemon: &Daemon, req: StatusRequest) -> Result<StatusResponse> {
     let runtime = daemon.runtime_condition().await;
@@ -27,25 +59,7 @@ pub async fn status(daemon: &Daemon, req: StatusRequest) -> Result<StatusRespons
         })
         .collect();
 
-    let runtime_handlers = daemon
-        .config
-        .runtime
-        .handlers
-        .keys()
-        .map(|name| RuntimeHandler {
-            name: name.clone(),
-            // Reported only where the capability works end to end.
-            features: Some(RuntimeHandlerFeatures {
-                recursive_read_only_mounts: daemon
-                    .containers()
-                    .is_ok_and(|c| c.handler_supports_rro(name)),
-                // Both handlers: crius idmaps the rootfs layers and volumes itself.
-                user_namespaces: daemon
-                    .sandboxes()
-                    .is_ok_and(|s| s.supports_user_namespaces()),
-            }),
-        })
-        .collect();
+    let runtime_handlers = handlers(daemon);
 
     let mut info = HashMap::new();
     if req.verbose {

@@ -13,9 +13,6 @@ pub async fn stop_pod_sandbox(
     if req.pod_sandbox_id.is_empty() {
         return Err(Error::InvalidArgument("pod sandbox id is required".into()));
     }
-    if let Ok(pod) = daemon.sandboxes()?.resolve(&req.pod_sandbox_id) {
-        daemon.containers()?.stop_pod(&pod.id).await?;
-    }
-    daemon.sandboxes()?.stop(&req.pod_sandbox_id).await?;
+    daemon.stop_pod(&req.pod_sandbox_id).await?;
     Ok(StopPodSandboxResponse {})
 }
