@@ -341,7 +341,7 @@ async fn rpcs_of_later_capabilities_answer_unimplemented_naming_the_rpc() {
         .unwrap_err();
     assert_eq!(err.code(), tonic::Code::Unimplemented);
     assert!(
-        err.message().contains("CheckpointContainer"),
+        err.message().contains("CheckpointContainer") && err.message().contains("criu"),
         "{}",
         err.message()
     );

@@ -125,7 +125,7 @@ cri_service! {
     list_pod_sandbox_stats(ListPodSandboxStatsRequest) -> ListPodSandboxStatsResponse,
         "ListPodSandboxStats" => runtime::list_pod_sandbox_stats::list_pod_sandbox_stats;
     checkpoint_container(CheckpointContainerRequest) -> CheckpointContainerResponse,
-        "CheckpointContainer" => unimplemented;
+        "CheckpointContainer" => runtime::checkpoint_container::checkpoint_container;
     list_metric_descriptors(ListMetricDescriptorsRequest) -> ListMetricDescriptorsResponse,
         "ListMetricDescriptors" => unimplemented;
     list_pod_sandbox_metrics(ListPodSandboxMetricsRequest) -> ListPodSandboxMetricsResponse,

@@ -1,6 +1,7 @@
 //! Handlers of `RuntimeService`, one file per RPC.
 
 pub mod attach;
+pub mod checkpoint_container;
 pub mod container;
 pub mod container_stats;
 pub mod container_status;
