@@ -98,6 +98,8 @@ pub struct Containers {
     locks: KeyedLocks,
     /// Last `(time, cumulative CPU ns)` per container (and `pod:<id>`), for CPU rates.
     cpu_samples: Mutex<HashMap<String, (i64, u64)>>,
+    /// Every pod's figures for ListPodSandboxMetrics.
+    metrics_snapshot: stats::MetricsSnapshot,
 }
 
 fn b64(bytes: Vec<u8>) -> String {
@@ -167,6 +169,7 @@ impl Containers {
             creating: KeyedLocks::default(),
             locks: KeyedLocks::default(),
             cpu_samples: Mutex::new(HashMap::new()),
+            metrics_snapshot: stats::MetricsSnapshot::default(),
         });
         for (id, rec) in this.records.list() {
             lock(&this.names).insert(rec.name_key(), id.clone());

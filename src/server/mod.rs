@@ -127,9 +127,9 @@ cri_service! {
     checkpoint_container(CheckpointContainerRequest) -> CheckpointContainerResponse,
         "CheckpointContainer" => runtime::checkpoint_container::checkpoint_container;
     list_metric_descriptors(ListMetricDescriptorsRequest) -> ListMetricDescriptorsResponse,
-        "ListMetricDescriptors" => unimplemented;
+        "ListMetricDescriptors" => runtime::list_metric_descriptors::list_metric_descriptors;
     list_pod_sandbox_metrics(ListPodSandboxMetricsRequest) -> ListPodSandboxMetricsResponse,
-        "ListPodSandboxMetrics" => unimplemented;
+        "ListPodSandboxMetrics" => runtime::list_pod_sandbox_metrics::list_pod_sandbox_metrics;
 }
 
 cri_service! {
