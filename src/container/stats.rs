@@ -134,9 +134,10 @@ impl Containers {
             tick.tick().await;
             if lock(&snap.last_request).elapsed() > METRICS_IDLE {
                 snap.running.store(false, Ordering::SeqCst);
-                // A request that saw the refresher running just before it stopped restarts it.
+                // A request that came in meanwhile saw the refresher running and waits for it:
+                // go on, unless such a request has started a new refresher already.
                 let recent = lock(&snap.last_request).elapsed() <= METRICS_IDLE;
-                if !(recent && !snap.running.swap(true, Ordering::SeqCst)) {
+                if !recent || snap.running.swap(true, Ordering::SeqCst) {
                     return;
                 }
             }
