@@ -127,9 +127,9 @@ async fn remove_image(d: &Daemon, image: &str) -> Result<(), tonic::Status> {
         .map(|_| ())
 }
 
-/// Pulls `image` and returns its ref as container statuses report it: a repo digest, else the
-/// id.
-async fn pull(d: &Daemon, image: &str) -> String {
+/// Pulls `image` and returns its ref as container statuses report it (a repo digest, else the
+/// id) and its id.
+async fn pull(d: &Daemon, image: &str) -> (String, String) {
     let spec = cri::ImageSpec {
         image: image.into(),
         ..Default::default()
@@ -153,7 +153,14 @@ async fn pull(d: &Daemon, image: &str) -> String {
         .into_inner()
         .image
         .unwrap();
-    status.repo_digests.first().cloned().unwrap_or(status.id)
+    (
+        status
+            .repo_digests
+            .first()
+            .cloned()
+            .unwrap_or(status.id.clone()),
+        status.id,
+    )
 }
 
 async fn remove_pod(d: &Daemon, pod_id: &str) {
@@ -249,7 +256,7 @@ async fn image_volumes_mount_an_image_read_only_keep_it_in_use_and_survive_resta
     assert_eq!(mounts_under(&d.paths.runroot), 0);
     assert_eq!(mounts_under(&d.paths.root), 0);
 
-    let layered_ref = pull(&d, &layered).await;
+    let (layered_ref, layered_id) = pull(&d, &layered).await;
 
     // A create that fails after the volume was mounted (a later mount's host path is
     // missing) unmounts it and leaves the image free.
@@ -311,9 +318,10 @@ async fn image_volumes_mount_an_image_read_only_keep_it_in_use_and_survive_resta
     }
 
     // Across a daemon killed with -9: the volume stays mounted, the image in use; removing
-    // the container releases both.
+    // the container releases both. This time the volume names the image by id, as kubelet
+    // does with the ref PullImage returned.
     let pod = run_pod(&d, "iv-restart", "", None).await;
-    let id = create(&d, &pod, with_volume(&busybox, &layered))
+    let id = create(&d, &pod, with_volume(&busybox, &layered_id))
         .await
         .unwrap();
     d.runtime()
@@ -325,7 +333,7 @@ async fn image_volumes_mount_an_image_read_only_keep_it_in_use_and_survive_resta
         .unwrap();
     d.kill9();
     d.restart().await;
-    check_volume(&d, &id, "after a restart", &layered, &layered_ref).await;
+    check_volume(&d, &id, "after a restart", &layered_id, &layered_ref).await;
     let err = remove_image(&d, &layered).await.unwrap_err();
     assert_eq!(err.code(), tonic::Code::FailedPrecondition, "{err:?}");
     d.runtime()
