@@ -338,6 +338,22 @@ mod tests {
             Some(rustix::io::Errno::ROFS.raw_os_error())
         );
         unmount_children(&volumes).unwrap();
+        // The classic option string path (kernels before 6.8) is read-only too.
+        mount_with_options(
+            std::slice::from_ref(&layer),
+            &dir.path().join("upper"),
+            &dir.path().join("work"),
+            &target,
+            true,
+        )
+        .unwrap();
+        assert_eq!(std::fs::read_to_string(target.join("a")).unwrap(), "1");
+        let err = std::fs::write(target.join("b"), "2").unwrap_err();
+        assert_eq!(
+            err.raw_os_error(),
+            Some(rustix::io::Errno::ROFS.raw_os_error())
+        );
+        unmount_children(&volumes).unwrap();
         std::fs::remove_dir_all(&volumes).unwrap();
         assert!(layer.join("a").exists());
         assert!(!layer.join("b").exists());
