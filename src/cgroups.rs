@@ -201,6 +201,10 @@ pub struct Usage {
     pub swap_bytes: Option<u64>,
     /// `pids.current`.
     pub processes: Option<u64>,
+    /// Page cache (v1 `total_cache`, v2 `file` of `memory.stat`).
+    pub cache_bytes: Option<u64>,
+    /// OOM kills in the cgroup (v1 `memory.oom_control`, v2 `memory.events` `oom_kill`).
+    pub oom_kills: Option<u64>,
 }
 
 fn read_u64(path: &Path) -> Option<u64> {
@@ -268,6 +272,8 @@ fn read_v1(dir: &Path, u: &mut Usage) {
             u.memory_limit = read_u64(&dir.join("memory.limit_in_bytes")).filter(|l| *l < 1 << 62);
             u.swap_bytes = read_u64(&dir.join("memory.memsw.usage_in_bytes"))
                 .map(|memsw| memsw.saturating_sub(usage));
+            u.cache_bytes = keyed(&stat, &["total_cache", "cache"]);
+            u.oom_kills = keyed(&read_keyed(&dir.join("memory.oom_control")), &["oom_kill"]);
         }
     }
 }
@@ -290,6 +296,8 @@ fn read_v2(dir: &Path, u: &mut Usage) {
             u.major_page_faults = keyed(&stat, &["pgmajfault"]);
             u.memory_limit = read_u64(&dir.join("memory.max"));
             u.swap_bytes = read_u64(&dir.join("memory.swap.current"));
+            u.cache_bytes = keyed(&stat, &["file"]);
+            u.oom_kills = keyed(&read_keyed(&dir.join("memory.events")), &["oom_kill"]);
         }
     }
 }

@@ -37,6 +37,9 @@ pub enum Error {
     /// The RPC belongs to a capability that has not landed yet.
     #[error("{0} is not implemented by crius yet")]
     Unimplemented(&'static str),
+    /// The RPC cannot be served on this node, and why.
+    #[error("{0} is not supported by crius on this node: {1}")]
+    Unsupported(&'static str, &'static str),
     /// The daemon is still restoring its state after a start.
     #[error("crius is starting: state is being restored, retry shortly")]
     Starting,
@@ -56,7 +59,7 @@ impl Error {
             Error::AlreadyExists(_) => ErrorKind::AlreadyExists,
             Error::FailedPrecondition(_) => ErrorKind::FailedPrecondition,
             Error::DeadlineExceeded(_) => ErrorKind::DeadlineExceeded,
-            Error::Unimplemented(_) => ErrorKind::Unimplemented,
+            Error::Unimplemented(_) | Error::Unsupported(..) => ErrorKind::Unimplemented,
             Error::Starting => ErrorKind::Unavailable,
             Error::Store(e) => e.kind(),
             Error::Image(e) => e.kind(),

@@ -1,8 +1,9 @@
 //! Operations that span domains — a pod with its containers, an image with the containers
 //! made from it — each under its object's lock, so that no two of them interleave wrongly:
 //!
-//! - CreateContainer holds its pod's lock (shared: creates in one pod run side by side) and its
-//!   image's lock (shared) from the readiness and existence checks until the record is written;
+//! - CreateContainer holds its pod's lock (shared: creates in one pod run side by side) and the
+//!   locks (shared, taken in id order) of its image and of its image volumes' images from the
+//!   readiness and existence checks until the record is written;
 //! - StopPodSandbox and RemovePodSandbox hold the pod's lock (exclusive) across the containers'
 //!   stop/remove and the pod's own, so no container is created into a pod being stopped;
 //! - RemoveImage holds the image's lock (exclusive) across its in-use check and the removal, so
@@ -35,20 +36,27 @@ impl Daemon {
     pub async fn create_container(&self, req: cri::CreateContainerRequest) -> Result<String> {
         let containers = self.containers()?.clone();
         let pod = self.sandboxes()?.resolve(&req.pod_sandbox_id)?;
-        let image_name = req
+        // The container's image and its image volumes' images, in one order (no lock cycles).
+        let images = self.images()?;
+        let mut image_ids: Vec<String> = req
             .config
-            .as_ref()
-            .and_then(|c| c.image.as_ref())
-            .map(|i| i.image.clone())
-            .unwrap_or_default();
-        let image_id = self.images()?.lookup(&image_name).map(|i| i.id.clone());
+            .iter()
+            .flat_map(|c| {
+                c.image
+                    .iter()
+                    .chain(c.mounts.iter().filter_map(|m| m.image.as_ref()))
+            })
+            .filter_map(|i| images.lookup(&i.image).map(|r| r.id.clone()))
+            .collect();
+        image_ids.sort();
+        image_ids.dedup();
         let locks = self.locks.clone();
         tokio::spawn(async move {
             let _pod = locks.pods.read(&pod.id).await;
-            let _image = match &image_id {
-                Some(id) => Some(locks.images.read(id).await),
-                None => None,
-            };
+            let mut held_images = Vec::with_capacity(image_ids.len());
+            for id in &image_ids {
+                held_images.push(locks.images.read(id).await);
+            }
             // The pod's readiness and the image are checked again inside, under the locks.
             containers.create(req).await
         })

@@ -100,6 +100,8 @@ pub struct Containers {
     locks: KeyedLocks,
     /// Last `(time, cumulative CPU ns)` per container (and `pod:<id>`), for CPU rates.
     cpu_samples: Mutex<HashMap<String, (i64, u64)>>,
+    /// Every pod's figures for ListPodSandboxMetrics.
+    metrics_snapshot: stats::MetricsSnapshot,
 }
 
 fn b64(bytes: Vec<u8>) -> String {
@@ -169,6 +171,7 @@ impl Containers {
             creating: KeyedLocks::default(),
             locks: KeyedLocks::default(),
             cpu_samples: Mutex::new(HashMap::new()),
+            metrics_snapshot: stats::MetricsSnapshot::default(),
         });
         for (id, rec) in this.records.list() {
             lock(&this.names).insert(rec.name_key(), id.clone());
@@ -217,8 +220,10 @@ impl Containers {
                 let _ = rt.delete(&id);
             }
             let bundle = dirent.path();
-            if let Err(e) = rootfs::unmount(&bundle.join("rootfs")) {
-                tracing::warn!(container_id = %id, error = %e, "unmount orphan rootfs");
+            if let Err(e) = rootfs::unmount(&bundle.join("rootfs"))
+                .and_then(|()| rootfs::unmount_children(&bundle.join("volumes")))
+            {
+                tracing::warn!(container_id = %id, error = %e, "unmount orphan rootfs or image volumes");
                 continue;
             }
             for dir in [&bundle, &monitor_dir, &self.settings.storage_dir.join(&id)] {
@@ -323,12 +328,13 @@ impl Containers {
         out
     }
 
-    /// Whether any container uses the image `image_id` (for RemoveImage).
+    /// Whether any container uses the image `image_id`, as its image or an image volume (for
+    /// RemoveImage).
     pub fn image_in_use(&self, image_id: &str) -> Option<String> {
         self.records
             .list()
             .into_iter()
-            .find(|(_, r)| r.image_id == image_id)
+            .find(|(_, r)| r.uses_image(image_id))
             .map(|(id, _)| id)
     }
 
@@ -746,8 +752,62 @@ impl Containers {
             });
         }
 
+        // Image volumes: each image's layers as a read-only overlay at <bundle>/volumes/<n>
+        // (idmapped layers in a pod user namespace, like the rootfs), bind-mounted by the
+        // runtime as the mount's host path.
+        let mut spec_config = config.clone();
+        let mut image_volumes = Vec::new();
+        let volumes_dir = bundle.join("volumes");
+        for m in spec_config
+            .mounts
+            .iter_mut()
+            .filter(|m| spec::is_image_volume(m))
+        {
+            let name = m.image.as_ref().map(|i| i.image.as_str()).unwrap_or("");
+            let volume_image = self.images.lookup(name).ok_or_else(|| {
+                Error::NotFound(format!(
+                    "mount {}: image {name:?} not found",
+                    m.container_path
+                ))
+            })?;
+            let mut lowers = self.images.store.lower_dirs(&volume_image);
+            let n = image_volumes.len().to_string();
+            let vstorage = storage.join("volumes").join(&n);
+            let (vupper, vwork) = (vstorage.join("upper"), vstorage.join("work"));
+            if let (Some(((uid, gid), ns)), Some(st)) = (&userns, staging.as_mut()) {
+                for lower in lowers.iter_mut() {
+                    *lower = st
+                        .add(lower, ns.as_fd(), false)
+                        .map_err(io_err("idmapped mount of layer", lower))?;
+                }
+                // The volume's root takes the upper dir's owner: the container's root.
+                std::fs::create_dir_all(&vupper).map_err(io_err("create", &vupper))?;
+                std::os::unix::fs::chown(&vupper, Some(*uid), Some(*gid))
+                    .map_err(io_err("chown", &vupper))?;
+            }
+            let vtarget = volumes_dir.join(&n);
+            rootfs::mount_overlay_readonly(&lowers, &vupper, &vwork, &vtarget)
+                .map_err(io_err("mount image volume at", &vtarget))?;
+            {
+                let t = vtarget.clone();
+                undo.push("unmount image volume", move || {
+                    rootfs::unmount(&t).map_err(|e| e.to_string())
+                });
+            }
+            m.host_path = vtarget.to_string_lossy().into_owned();
+            image_volumes.push(record::ImageVolume {
+                container_path: m.container_path.clone(),
+                image_id: volume_image.id.clone(),
+                image_ref: volume_image
+                    .repo_digests
+                    .first()
+                    .cloned()
+                    .unwrap_or_else(|| volume_image.id.clone()),
+            });
+        }
+
         // The OCI spec.
-        for m in &config.mounts {
+        for m in &spec_config.mounts {
             if !Path::new(&m.host_path).exists() {
                 return Err(Error::InvalidArgument(format!(
                     "mount {}: host path {:?} does not exist",
@@ -755,11 +815,14 @@ impl Containers {
                 )));
             }
         }
-        let mut staged_config = None;
         if let (Some((_, ns)), Some(st)) = (&userns, staging.as_mut()) {
-            let mut c = config.clone();
-            // A mount with its own mappings is the runtime's to idmap.
-            for m in c.mounts.iter_mut().filter(|m| m.uid_mappings.is_empty()) {
+            // A mount with its own mappings is the runtime's to idmap; an image volume is made
+            // of idmapped layers already.
+            for m in spec_config
+                .mounts
+                .iter_mut()
+                .filter(|m| m.uid_mappings.is_empty() && !spec::is_image_volume(m))
+            {
                 match st.add(Path::new(&m.host_path), ns.as_fd(), true) {
                     Ok(p) => m.host_path = p.to_string_lossy().into_owned(),
                     // E.g. a filesystem without idmap support: the volume still works, its
@@ -770,9 +833,8 @@ impl Containers {
                     ),
                 }
             }
-            staged_config = Some(c);
         }
-        let spec_config = staged_config.as_ref().unwrap_or(&config);
+        let spec_config = &spec_config;
         let pod_config: cri::PodSandboxConfig = unb64(&pod.config_pb);
         let view = image_view(&image.config);
         let seccomp_localhost = localhost_seccomp(&config);
@@ -909,6 +971,7 @@ impl Containers {
             config_pb: b64(config.encode_to_vec()),
             resources_pb: b64(resources.encode_to_vec()),
             monitor_lost: false,
+            image_volumes,
         };
         let stored = self.records.put(&id, rec)?;
         tracing::info!(container_id = %id, pod_id = %pod.id, pid = created.pid, "container created");
@@ -1101,6 +1164,8 @@ impl Containers {
             kill_pid(rec.monitor_pid);
         }
         rootfs::unmount(&rec.rootfs()).map_err(io_err("unmount", &rec.rootfs()))?;
+        rootfs::unmount_children(&rec.volumes_dir())
+            .map_err(io_err("unmount image volumes under", &rec.volumes_dir()))?;
         for dir in [&rec.bundle, &rec.monitor_dir, &rec.storage] {
             match std::fs::remove_dir_all(dir) {
                 Ok(()) => {}

@@ -95,6 +95,20 @@ pub struct ContainerRecord {
     /// longer captured, attach is gone, and the exit status cannot be learned from it.
     #[serde(default)]
     pub monitor_lost: bool,
+    /// The images mounted as image volumes (`Mount.image`), in the order of the config's mounts.
+    #[serde(default)]
+    pub image_volumes: Vec<ImageVolume>,
+}
+
+/// An image mounted read-only into the container (`Mount.image`, KEP-4639), at
+/// `<bundle>/volumes/<n>`; the image is in use while the container exists.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ImageVolume {
+    pub container_path: String,
+    /// Image id (config digest).
+    pub image_id: String,
+    /// A repo digest of the image, else the id (reported in `ContainerStatus.mounts`).
+    pub image_ref: String,
 }
 
 impl Record for ContainerRecord {
@@ -105,6 +119,16 @@ impl Record for ContainerRecord {
 impl ContainerRecord {
     pub fn rootfs(&self) -> PathBuf {
         self.bundle.join("rootfs")
+    }
+
+    /// Where the image volumes are mounted: `<bundle>/volumes/<n>`.
+    pub fn volumes_dir(&self) -> PathBuf {
+        self.bundle.join("volumes")
+    }
+
+    /// Whether the container's image or one of its image volumes is `image_id`.
+    pub fn uses_image(&self, image_id: &str) -> bool {
+        self.image_id == image_id || self.image_volumes.iter().any(|v| v.image_id == image_id)
     }
 
     /// The name reservation key: one container per name and attempt in a pod.

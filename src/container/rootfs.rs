@@ -24,7 +24,7 @@ pub fn mount(
     for dir in [upper, work, target] {
         std::fs::create_dir_all(dir)?;
     }
-    if let Some(done) = mount_layer_by_layer(lowers, upper, work, target) {
+    if let Some(done) = mount_layer_by_layer(lowers, upper, work, target, false) {
         return done;
     }
     std::fs::create_dir_all(links_dir)?;
@@ -54,7 +54,7 @@ pub fn mount(
         }
         short.push(link);
     }
-    mount_with_options(&short, upper, work, target)
+    mount_with_options(&short, upper, work, target, false)
 }
 
 /// Mounts an overlay of `lowers` (top layer first, paths used as given) at `target`.
@@ -67,10 +67,42 @@ pub fn mount_overlay(
     for dir in [upper, work, target] {
         std::fs::create_dir_all(dir)?;
     }
-    match mount_layer_by_layer(lowers, upper, work, target) {
+    match mount_layer_by_layer(lowers, upper, work, target, false) {
         Some(done) => done,
-        None => mount_with_options(lowers, upper, work, target),
+        None => mount_with_options(lowers, upper, work, target, false),
     }
+}
+
+/// Mounts an overlay of `lowers` (top layer first, paths used as given) at `target`, read-only:
+/// an image volume. The (empty) upper and work dirs are there because overlayfs refuses a
+/// single lower layer without them on the classic mount path; nothing can be written to them.
+pub fn mount_overlay_readonly(
+    lowers: &[PathBuf],
+    upper: &Path,
+    work: &Path,
+    target: &Path,
+) -> std::io::Result<()> {
+    for dir in [upper, work, target] {
+        std::fs::create_dir_all(dir)?;
+    }
+    match mount_layer_by_layer(lowers, upper, work, target, true) {
+        Some(done) => done,
+        None => mount_with_options(lowers, upper, work, target, true),
+    }
+}
+
+/// Unmounts every mount directly under `dir` (the image volumes of a bundle); a missing `dir`
+/// is fine.
+pub fn unmount_children(dir: &Path) -> std::io::Result<()> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    for entry in entries {
+        unmount(&entry?.path())?;
+    }
+    Ok(())
 }
 
 /// The new mount API (Linux ≥ 6.8): one `fsconfig("lowerdir+")` per layer, so no option string
@@ -81,6 +113,7 @@ fn mount_layer_by_layer(
     upper: &Path,
     work: &Path,
     target: &Path,
+    readonly: bool,
 ) -> Option<std::io::Result<()>> {
     use rustix::mount::{
         fsconfig_create, fsconfig_set_string, fsmount, fsopen, move_mount, FsMountFlags,
@@ -102,7 +135,12 @@ fn mount_layer_by_layer(
         fsconfig_set_string(&fs, "upperdir", upper)?;
         fsconfig_set_string(&fs, "workdir", work)?;
         fsconfig_create(&fs)?;
-        let mnt = fsmount(&fs, FsMountFlags::FSMOUNT_CLOEXEC, MountAttrFlags::empty())?;
+        let attrs = if readonly {
+            MountAttrFlags::MOUNT_ATTR_RDONLY
+        } else {
+            MountAttrFlags::empty()
+        };
+        let mnt = fsmount(&fs, FsMountFlags::FSMOUNT_CLOEXEC, attrs)?;
         move_mount(
             &mnt,
             "",
@@ -127,6 +165,7 @@ fn mount_with_options(
     upper: &Path,
     work: &Path,
     target: &Path,
+    readonly: bool,
 ) -> std::io::Result<()> {
     let lowerdir = lowers
         .iter()
@@ -150,7 +189,11 @@ fn mount_with_options(
         "overlay",
         target,
         "overlay",
-        MountFlags::empty(),
+        if readonly {
+            MountFlags::RDONLY
+        } else {
+            MountFlags::empty()
+        },
         Some(data.as_c_str()),
     )?;
     Ok(())
@@ -271,6 +314,52 @@ mod tests {
     }
 
     #[test]
+    fn a_readonly_overlay_of_one_layer_shows_it_and_refuses_writes() {
+        if !rustix::process::geteuid().is_root() {
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let layer = dir.path().join("layer");
+        std::fs::create_dir_all(&layer).unwrap();
+        std::fs::write(layer.join("a"), "1").unwrap();
+        let volumes = dir.path().join("volumes");
+        let target = volumes.join("0");
+        mount_overlay_readonly(
+            std::slice::from_ref(&layer),
+            &dir.path().join("upper"),
+            &dir.path().join("work"),
+            &target,
+        )
+        .unwrap();
+        assert_eq!(std::fs::read_to_string(target.join("a")).unwrap(), "1");
+        let err = std::fs::write(target.join("b"), "2").unwrap_err();
+        assert_eq!(
+            err.raw_os_error(),
+            Some(rustix::io::Errno::ROFS.raw_os_error())
+        );
+        unmount_children(&volumes).unwrap();
+        // The classic option string path (kernels before 6.8) is read-only too.
+        mount_with_options(
+            std::slice::from_ref(&layer),
+            &dir.path().join("upper"),
+            &dir.path().join("work"),
+            &target,
+            true,
+        )
+        .unwrap();
+        assert_eq!(std::fs::read_to_string(target.join("a")).unwrap(), "1");
+        let err = std::fs::write(target.join("b"), "2").unwrap_err();
+        assert_eq!(
+            err.raw_os_error(),
+            Some(rustix::io::Errno::ROFS.raw_os_error())
+        );
+        unmount_children(&volumes).unwrap();
+        std::fs::remove_dir_all(&volumes).unwrap();
+        assert!(layer.join("a").exists());
+        assert!(!layer.join("b").exists());
+    }
+
+    #[test]
     fn the_classic_option_string_path_mounts_too() {
         if !rustix::process::geteuid().is_root() {
             return;
@@ -286,7 +375,7 @@ mod tests {
         for d in [&upper, &work, &target] {
             std::fs::create_dir_all(d).unwrap();
         }
-        mount_with_options(&[l2, l1], &upper, &work, &target).unwrap();
+        mount_with_options(&[l2, l1], &upper, &work, &target, false).unwrap();
         let mut seen: Vec<String> = std::fs::read_dir(&target)
             .unwrap()
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())

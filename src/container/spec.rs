@@ -37,6 +37,7 @@ mod golden;
 mod tests;
 
 pub use linux::{cgroups_path, linux_resources};
+pub use mounts::is_image_volume;
 pub use process::parse_signal;
 pub use seccomp::{default_profile, localhost_profile_path};
 pub use security::DEFAULT_CAPABILITIES;

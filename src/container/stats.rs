@@ -5,10 +5,17 @@
 //! CPU rates (`usage_nano_cores`) need two samples: the previous cumulative figure of every
 //! container and pod is kept in memory, so the first call after a start reports none. Blocking;
 //! callers use `spawn_blocking`. Must not know about CRI types.
+//!
+//! `ListPodSandboxMetrics` is served from a snapshot of every pod's figures that a background
+//! task refreshes once a second while someone asks for metrics (it stops after a minute without
+//! a request), so a call never waits for the cgroups and network namespaces of every pod: only
+//! the first one after a start or an idle minute waits for one refresh.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use super::record::ContainerRecord;
 use super::{Containers, Filter};
@@ -42,9 +49,13 @@ pub struct LayerUsage {
 pub struct InterfaceUsage {
     pub name: String,
     pub rx_bytes: u64,
+    pub rx_packets: u64,
     pub rx_errors: u64,
+    pub rx_dropped: u64,
     pub tx_bytes: u64,
+    pub tx_packets: u64,
     pub tx_errors: u64,
+    pub tx_dropped: u64,
 }
 
 /// The figures of one pod: its cgroup (or the sum of its containers' when it has no cgroup
@@ -59,7 +70,97 @@ pub struct PodUsage {
     pub containers: Vec<ContainerUsage>,
 }
 
+/// How often the metrics snapshot is refreshed while metrics are asked for.
+pub const METRICS_REFRESH: Duration = Duration::from_secs(1);
+/// A snapshot older than this is not served: the caller waits for a fresh one.
+const METRICS_STALE: Duration = Duration::from_secs(3);
+/// The refresher stops after this long without a request.
+const METRICS_IDLE: Duration = Duration::from_secs(60);
+/// How long a caller waits for a fresh snapshot.
+const METRICS_WAIT: Duration = Duration::from_secs(30);
+
+type Snapshot = Option<(Instant, Arc<Vec<PodUsage>>)>;
+
+/// Every pod's figures for ListPodSandboxMetrics, refreshed in the background.
+#[derive(Debug)]
+pub struct MetricsSnapshot {
+    snapshot: tokio::sync::watch::Sender<Snapshot>,
+    last_request: Mutex<Instant>,
+    running: AtomicBool,
+}
+
+impl Default for MetricsSnapshot {
+    fn default() -> Self {
+        MetricsSnapshot {
+            snapshot: tokio::sync::watch::Sender::new(None),
+            last_request: Mutex::new(Instant::now()),
+            running: AtomicBool::new(false),
+        }
+    }
+}
+
 impl Containers {
+    /// Every pod's figures, at most a few seconds old (ListPodSandboxMetrics): from the
+    /// snapshot, starting its refresher if it is not running; `DeadlineExceeded` if no fresh
+    /// snapshot comes within 30 s.
+    pub async fn pod_metrics(self: &Arc<Self>) -> Result<Arc<Vec<PodUsage>>> {
+        let snap = &self.metrics_snapshot;
+        *lock(&snap.last_request) = Instant::now();
+        let mut rx = snap.snapshot.subscribe();
+        if !snap.running.swap(true, Ordering::SeqCst) {
+            let this = self.clone();
+            tokio::spawn(async move { this.refresh_metrics().await });
+        }
+        let fresh = |s: &Snapshot| {
+            s.as_ref()
+                .is_some_and(|(at, _)| at.elapsed() < METRICS_STALE)
+        };
+        let waited = tokio::time::timeout(METRICS_WAIT, rx.wait_for(fresh)).await;
+        match waited {
+            Ok(Ok(s)) => Ok(s.as_ref().map(|(_, u)| u.clone()).unwrap_or_default()),
+            _ => Err(crate::error::Error::DeadlineExceeded(
+                "pod metrics were not collected within 30s".into(),
+            )),
+        }
+    }
+
+    /// The refresher: a snapshot every [`METRICS_REFRESH`] until [`METRICS_IDLE`] without a
+    /// request.
+    async fn refresh_metrics(self: Arc<Self>) {
+        let snap = &self.metrics_snapshot;
+        let mut tick = tokio::time::interval(METRICS_REFRESH);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            if lock(&snap.last_request).elapsed() > METRICS_IDLE {
+                snap.running.store(false, Ordering::SeqCst);
+                // A request that came in meanwhile saw the refresher running and waits for it:
+                // go on, unless such a request has started a new refresher already.
+                let recent = lock(&snap.last_request).elapsed() <= METRICS_IDLE;
+                if !recent || snap.running.swap(true, Ordering::SeqCst) {
+                    return;
+                }
+            }
+            let pods = self.sandboxes.list(&crate::sandbox::Filter::default());
+            let this = self.clone();
+            let collected = tokio::task::spawn_blocking(move || {
+                pods.into_iter()
+                    .map(|pod| this.pod_usage_blocking(pod, false))
+                    .collect::<Vec<_>>()
+            })
+            .await;
+            match collected {
+                Ok(mut usages) => {
+                    // Pods removed while their figures were read are not shown again.
+                    usages.retain(|u| self.sandboxes.get(&u.record.id).is_some());
+                    snap.snapshot
+                        .send_replace(Some((Instant::now(), Arc::new(usages))));
+                }
+                Err(e) => tracing::warn!(error = %e, "collecting pod metrics failed"),
+            }
+        }
+    }
+
     /// Stats of the containers `filter` selects (ListContainerStats).
     pub async fn stats(self: &Arc<Self>, filter: &Filter) -> Result<Vec<ContainerUsage>> {
         let records = self.list(filter).await?;
@@ -67,7 +168,7 @@ impl Containers {
         tokio::task::spawn_blocking(move || {
             records
                 .into_iter()
-                .map(|rec| this.usage_blocking(rec))
+                .map(|rec| this.usage_blocking(rec, true))
                 .collect()
         })
         .await
@@ -78,7 +179,7 @@ impl Containers {
     pub async fn stats_of(self: &Arc<Self>, id: &str) -> Result<ContainerUsage> {
         let rec = self.resolve(id)?;
         let this = self.clone();
-        tokio::task::spawn_blocking(move || this.usage_blocking(rec))
+        tokio::task::spawn_blocking(move || this.usage_blocking(rec, true))
             .await
             .map_err(join_err)
     }
@@ -91,14 +192,16 @@ impl Containers {
         let this = self.clone();
         tokio::task::spawn_blocking(move || {
             pods.into_iter()
-                .map(|pod| this.pod_usage_blocking(pod))
+                .map(|pod| this.pod_usage_blocking(pod, true))
                 .collect()
         })
         .await
         .map_err(join_err)
     }
 
-    fn usage_blocking(&self, record: Arc<ContainerRecord>) -> ContainerUsage {
+    /// The figures of one container; `rates` takes a CPU sample for `nano_cores` (the stats
+    /// RPCs), which the metrics refresh must not do (it would shorten their sampling window).
+    fn usage_blocking(&self, record: Arc<ContainerRecord>, rates: bool) -> ContainerUsage {
         let parent = self
             .sandboxes
             .get(&record.pod_id)
@@ -114,6 +217,7 @@ impl Containers {
             .filter(|u| u.cpu_ns.is_some() || u.memory_bytes.is_some());
         let nano_cores = cgroup
             .and_then(|u| u.cpu_ns)
+            .filter(|_| rates)
             .and_then(|cpu| self.rate(&record.id, timestamp, cpu));
         let writable_layer = dir_usage(&record.storage.join("upper"));
         ContainerUsage {
@@ -125,12 +229,12 @@ impl Containers {
         }
     }
 
-    fn pod_usage_blocking(&self, record: Arc<SandboxRecord>) -> PodUsage {
+    fn pod_usage_blocking(&self, record: Arc<SandboxRecord>, rates: bool) -> PodUsage {
         let containers: Vec<ContainerUsage> = self
             .in_pod(&record.id)
             .into_iter()
             .filter_map(|id| self.records.get(&id))
-            .map(|rec| self.usage_blocking(rec))
+            .map(|rec| self.usage_blocking(rec, rates))
             .collect();
         let timestamp = now_ns();
         let own = (!record.spec.cgroup_parent.is_empty())
@@ -145,6 +249,7 @@ impl Containers {
         let cgroup = own.or_else(|| sum(containers.iter().filter_map(|c| c.cgroup)));
         let nano_cores = cgroup
             .and_then(|u| u.cpu_ns)
+            .filter(|_| rates)
             .and_then(|cpu| self.rate(&format!("pod:{}", record.id), timestamp, cpu));
         let interfaces = record
             .ns_path("net")
@@ -177,6 +282,16 @@ impl Containers {
     /// Forgets the CPU samples of a removed pod.
     pub fn forget_pod_samples(&self, pod_id: &str) {
         lock(&self.cpu_samples).remove(&format!("pod:{pod_id}"));
+        // Nor is it in the metrics any more.
+        self.metrics_snapshot.snapshot.send_if_modified(|s| {
+            let Some((at, usages)) = s else { return false };
+            if !usages.iter().any(|u| u.record.id == pod_id) {
+                return false;
+            }
+            let kept = usages.iter().filter(|u| u.record.id != pod_id).cloned();
+            *s = Some((*at, Arc::new(kept.collect())));
+            true
+        });
     }
 }
 
@@ -198,6 +313,8 @@ fn sum(usages: impl Iterator<Item = Usage>) -> Option<Usage> {
             memory_limit: None,
             swap_bytes: add(a.swap_bytes, u.swap_bytes),
             processes: add(a.processes, u.processes),
+            cache_bytes: add(a.cache_bytes, u.cache_bytes),
+            oom_kills: add(a.oom_kills, u.oom_kills),
         })
     })
 }
@@ -263,9 +380,13 @@ fn parse_net_dev(text: &str) -> Vec<InterfaceUsage> {
             Some(InterfaceUsage {
                 name: name.to_string(),
                 rx_bytes: f[0],
+                rx_packets: f[1],
                 rx_errors: f[2],
+                rx_dropped: f[3],
                 tx_bytes: f[8],
+                tx_packets: f[9],
                 tx_errors: f[10],
+                tx_dropped: f[11],
             })
         })
         .collect()
@@ -280,15 +401,19 @@ mod tests {
         let text = "Inter-|   Receive                                                |  Transmit\n \
  face |bytes    packets errs drop fifo frame compressed multicast|bytes    packets errs drop fifo colls carrier compressed\n    \
 lo:     100       1    0    0    0     0          0         0      100       1    0    0    0     0       0          0\n  \
-eth0:    5000      40    2    0    0     0          0         0     7000      50    3    0    0     0       0          0\n";
+eth0:    5000      40    2    1    0     0          0         0     7000      50    3    4    0     0       0          0\n";
         assert_eq!(
             parse_net_dev(text),
             [InterfaceUsage {
                 name: "eth0".into(),
                 rx_bytes: 5000,
+                rx_packets: 40,
                 rx_errors: 2,
+                rx_dropped: 1,
                 tx_bytes: 7000,
+                tx_packets: 50,
                 tx_errors: 3,
+                tx_dropped: 4,
             }]
         );
     }

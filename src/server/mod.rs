@@ -126,11 +126,11 @@ cri_service! {
     list_pod_sandbox_stats(ListPodSandboxStatsRequest) -> ListPodSandboxStatsResponse,
         "ListPodSandboxStats" => runtime::list_pod_sandbox_stats::list_pod_sandbox_stats;
     checkpoint_container(CheckpointContainerRequest) -> CheckpointContainerResponse,
-        "CheckpointContainer" => unimplemented;
+        "CheckpointContainer" => runtime::checkpoint_container::checkpoint_container;
     list_metric_descriptors(ListMetricDescriptorsRequest) -> ListMetricDescriptorsResponse,
-        "ListMetricDescriptors" => unimplemented;
+        "ListMetricDescriptors" => runtime::list_metric_descriptors::list_metric_descriptors;
     list_pod_sandbox_metrics(ListPodSandboxMetricsRequest) -> ListPodSandboxMetricsResponse,
-        "ListPodSandboxMetrics" => unimplemented;
+        "ListPodSandboxMetrics" => runtime::list_pod_sandbox_metrics::list_pod_sandbox_metrics;
 }
 
 cri_service! {

@@ -138,7 +138,13 @@ fn id_mappings(what: &str, given: &[cri::IdMapping]) -> Result<Vec<LinuxIdMappin
         .collect()
 }
 
-/// One CRI mount → an OCI bind mount.
+/// Whether a CRI mount is an image volume (`Mount.image`, KEP-4639).
+pub fn is_image_volume(m: &cri::Mount) -> bool {
+    m.image.as_ref().is_some_and(|i| !i.image.is_empty())
+}
+
+/// One CRI mount → an OCI bind mount. An image volume arrives with the path where the
+/// container domain mounted the image (read-only) as its `host_path`.
 fn cri_mount(i: usize, m: &cri::Mount) -> Result<(PathBuf, Mount, &'static str), SpecError> {
     let name = format!("mounts[{i}] {:?}", m.container_path);
     if m.container_path.is_empty() {
@@ -146,8 +152,10 @@ fn cri_mount(i: usize, m: &cri::Mount) -> Result<(PathBuf, Mount, &'static str),
     }
     let destination = clean(&m.container_path)
         .ok_or_else(|| invalid(format!("{name}: container_path must be an absolute path")))?;
-    if m.image.as_ref().is_some_and(|i| !i.image.is_empty()) {
-        return Err(invalid(format!("{name}: image volumes are not supported")));
+    let image_volume = is_image_volume(m);
+    if image_volume && m.host_path.is_empty() {
+        // The container domain mounts the image and gives its path as host_path.
+        return Err(invalid(format!("{name}: image volume is not mounted")));
     }
     if m.host_path.is_empty() {
         return Err(invalid(format!("{name}: host_path is required")));
@@ -181,7 +189,19 @@ fn cri_mount(i: usize, m: &cri::Mount) -> Result<(PathBuf, Mount, &'static str),
             )));
         }
     }
-    let mut options = vec!["rbind", propagation, if m.readonly { "ro" } else { "rw" }];
+    let mut options = vec![
+        "rbind",
+        propagation,
+        if m.readonly || image_volume {
+            "ro"
+        } else {
+            "rw"
+        },
+    ];
+    if image_volume {
+        // As kubelet expects of an image volume (KEP-4639), like CRI-O.
+        options.extend(["nosuid", "nodev", "noexec"]);
+    }
     if m.recursive_read_only {
         options.push("rro");
     }
@@ -227,7 +247,10 @@ pub(super) fn plan(
     let mut propagation: Option<&str> = None;
     for (i, m) in input.config.mounts.iter().enumerate() {
         let (destination, mut oci, prop) = cri_mount(i, m)?;
-        if let (None, Some((uids, gids))) = (oci.uid_mappings(), pod_idmap) {
+        // An image volume is made of idmapped layers already.
+        if let (None, Some((uids, gids)), false) =
+            (oci.uid_mappings(), pod_idmap, is_image_volume(m))
+        {
             oci.options_mut()
                 .get_or_insert_with(Vec::new)
                 .push("idmap".into());
@@ -404,6 +427,23 @@ mod tests {
     }
 
     #[test]
+    fn an_image_volume_is_read_only_and_noexec_whatever_the_request_says() {
+        let mut v = m("/data", "/run/crius/containers/c/volumes/0");
+        v.readonly = false;
+        v.propagation = cri::MountPropagation::PropagationHostToContainer as i32;
+        v.image = Some(cri::ImageSpec {
+            image: "busybox".into(),
+            ..Default::default()
+        });
+        let (_, oci, prop) = cri_mount(0, &v).unwrap();
+        assert_eq!(prop, "rslave");
+        assert_eq!(
+            oci.options().clone().unwrap(),
+            ["rbind", "rslave", "ro", "nosuid", "nodev", "noexec"]
+        );
+    }
+
+    #[test]
     fn bad_mounts_are_refused_naming_the_mount() {
         let mut rro_rw = m("/data", "/srv");
         rro_rw.recursive_read_only = true;
@@ -441,7 +481,7 @@ mod tests {
                 "recursive_read_only requires propagation PROPAGATION_PRIVATE",
             ),
             (bad_prop, "unknown propagation 9"),
-            (image, "image volumes are not supported"),
+            (image, "mounts[0] \"/data\": image volume is not mounted"),
             (half_idmap, "needs both uid_mappings and gid_mappings"),
         ] {
             let err = cri_mount(0, &mount).unwrap_err();

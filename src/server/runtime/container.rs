@@ -51,6 +51,26 @@ pub fn to_cri_container(rec: &ContainerRecord) -> cri::Container {
     }
 }
 
+/// The CRI mounts as requested; an image volume's `image` names the resolved image ref, the
+/// image as requested is its `user_specified_image`.
+fn status_mounts(rec: &ContainerRecord, mounts: Vec<cri::Mount>) -> Vec<cri::Mount> {
+    let mut volumes = rec.image_volumes.iter();
+    mounts
+        .into_iter()
+        .map(|mut m| {
+            if crate::container::spec::is_image_volume(&m) {
+                if let (Some(v), Some(image)) = (volumes.next(), m.image.as_mut()) {
+                    if image.user_specified_image.is_empty() {
+                        image.user_specified_image = image.image.clone();
+                    }
+                    image.image = v.image_ref.clone();
+                }
+            }
+            m
+        })
+        .collect()
+}
+
 pub fn to_cri_status(rec: &ContainerRecord) -> cri::ContainerStatus {
     let config = config_of(rec);
     cri::ContainerStatus {
@@ -67,7 +87,7 @@ pub fn to_cri_status(rec: &ContainerRecord) -> cri::ContainerStatus {
         message: rec.message.clone(),
         labels: rec.labels.clone().into_iter().collect(),
         annotations: rec.annotations.clone().into_iter().collect(),
-        mounts: config.mounts,
+        mounts: status_mounts(rec, config.mounts),
         log_path: rec.log_path.to_string_lossy().into_owned(),
         resources: Some(cri::ContainerResources {
             linux: Some(resources_of(rec)),

@@ -1,6 +1,7 @@
 //! Handlers of `RuntimeService`, one file per RPC.
 
 pub mod attach;
+pub mod checkpoint_container;
 pub mod container;
 pub mod container_stats;
 pub mod container_status;
@@ -10,8 +11,11 @@ pub mod exec_sync;
 pub mod get_container_events;
 pub mod list_container_stats;
 pub mod list_containers;
+pub mod list_metric_descriptors;
 pub mod list_pod_sandbox;
+pub mod list_pod_sandbox_metrics;
 pub mod list_pod_sandbox_stats;
+pub mod pod_metrics;
 pub mod pod_sandbox;
 pub mod pod_sandbox_stats;
 pub mod pod_sandbox_status;
