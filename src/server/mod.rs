@@ -18,7 +18,6 @@ use k8s_cri::v1::runtime_service_server::RuntimeService;
 use tonic::{Request, Response, Status};
 
 use crate::app::Daemon;
-use crate::error::Error;
 use instrument::Rpc;
 
 /// The service registered for both CRI services.
@@ -55,7 +54,7 @@ macro_rules! cri_service {
     };
     (@call $daemon:ident, $req:ident, $op:literal, unimplemented) => {{
         let _ = $req;
-        async { Err(Error::Unimplemented($op)) }
+        async { Err($crate::error::Error::Unimplemented($op)) }
     }};
     (@call $daemon:ident, $req:ident, $op:literal, $($handler:ident)::+) => {
         $($handler)::+($daemon, $req)
