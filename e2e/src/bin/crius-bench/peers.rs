@@ -5,7 +5,9 @@
 //! containerd needs a pause image for its sandboxes: the bench builds one from the busybox
 //! fixture's layers with `sleep` as its command, pushes it to the loopback registry and points
 //! containerd's `sandbox_image` at it. containerd also gets a `crun` handler so
-//! `--runtime-handler crun` means the same on both.
+//! `--runtime-handler crun` means the same on both, and `restrict_oom_score_adj`, because
+//! where the bench runs without CAP_SYS_RESOURCE (a container) runc cannot lower the pause
+//! container's `oom_score_adj` to -998 and every sandbox fails.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -99,7 +101,7 @@ fn pause_layout(src: &Path, busybox: &crius_e2e::fixtures::Image, out: &Path) ->
 pub struct Peer {
     pub name: &'static str,
     pub socket: PathBuf,
-    pub dir: tempfile::TempDir,
+    dir: Option<tempfile::TempDir>,
     child: Child,
     _net: TestNetwork,
 }
@@ -124,12 +126,23 @@ impl Drop for Peer {
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
             if let Ok(Some(_)) = self.child.try_wait() {
-                return;
+                break;
             }
             std::thread::sleep(Duration::from_millis(50));
         }
         let _ = self.child.kill();
         let _ = self.child.wait();
+        if std::env::var_os("CRIUS_BENCH_KEEP").is_some() {
+            if let Some(dir) = self.dir.take() {
+                eprintln!("crius-bench: {} dir kept: {}", self.name, dir.keep().display());
+            }
+        }
+    }
+}
+
+impl Peer {
+    fn dir(&self) -> &Path {
+        self.dir.as_ref().map(|d| d.path()).unwrap_or(Path::new("/nonexistent"))
     }
 }
 
@@ -180,7 +193,7 @@ pub async fn containerd(images: &Images) -> Result<Peer> {
         d.join("containerd.toml"),
         format!(
             "version = 2\nroot = {:?}\nstate = {:?}\n[grpc]\naddress = {socket:?}\n[ttrpc]\naddress = {:?}\n\
-             [{cri}]\nsandbox_image = {:?}\n\
+             [{cri}]\nsandbox_image = {:?}\nrestrict_oom_score_adj = true\n\
              [{cri}.cni]\nbin_dir = \"/usr/lib/cni\"\nconf_dir = {:?}\n\
              [{cri}.containerd.runtimes.runc]\nruntime_type = \"io.containerd.runc.v2\"\n\
              [{cri}.containerd.runtimes.crun]\nruntime_type = \"io.containerd.runc.v2\"\n\
@@ -219,7 +232,7 @@ async fn start(
     let mut peer = Peer {
         name,
         socket,
-        dir,
+        dir: Some(dir),
         child,
         _net: net,
     };
@@ -237,7 +250,7 @@ async fn start(
         }
         if let Ok(Some(status)) = peer.child.try_wait() {
             let log =
-                std::fs::read_to_string(peer.dir.path().join("daemon.log")).unwrap_or_default();
+                std::fs::read_to_string(peer.dir().join("daemon.log")).unwrap_or_default();
             bail!("{name} exited ({status}) before answering: {}", tail(&log));
         }
         if Instant::now() > deadline {

@@ -113,6 +113,18 @@ impl Target {
             .await
             .with_context(|| format!("Version on {endpoint}"))?
             .into_inner();
+        // A runtime may answer Version and Status while it restores state, and Unavailable
+        // to the rest (crius, containerd).
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            match rt.list_pod_sandbox(cri::ListPodSandboxRequest::default()).await {
+                Err(e) if e.code() == tonic::Code::Unavailable && Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(20)).await
+                }
+                Err(e) => bail!("ListPodSandbox on {endpoint}: {}", e.message()),
+                Ok(_) => break,
+            }
+        }
         let mut name = v.runtime_name.clone();
         let mut k = 2;
         while taken.iter().any(|t| t.name == name) {
