@@ -134,7 +134,11 @@ impl Drop for Peer {
         let _ = self.child.wait();
         if std::env::var_os("CRIUS_BENCH_KEEP").is_some() {
             if let Some(dir) = self.dir.take() {
-                eprintln!("crius-bench: {} dir kept: {}", self.name, dir.keep().display());
+                eprintln!(
+                    "crius-bench: {} dir kept: {}",
+                    self.name,
+                    dir.keep().display()
+                );
             }
         }
     }
@@ -142,7 +146,10 @@ impl Drop for Peer {
 
 impl Peer {
     fn dir(&self) -> &Path {
-        self.dir.as_ref().map(|d| d.path()).unwrap_or(Path::new("/nonexistent"))
+        self.dir
+            .as_ref()
+            .map(|d| d.path())
+            .unwrap_or(Path::new("/nonexistent"))
     }
 }
 
@@ -249,8 +256,7 @@ async fn start(
             }
         }
         if let Ok(Some(status)) = peer.child.try_wait() {
-            let log =
-                std::fs::read_to_string(peer.dir().join("daemon.log")).unwrap_or_default();
+            let log = std::fs::read_to_string(peer.dir().join("daemon.log")).unwrap_or_default();
             bail!("{name} exited ({status}) before answering: {}", tail(&log));
         }
         if Instant::now() > deadline {

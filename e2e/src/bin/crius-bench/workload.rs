@@ -117,7 +117,10 @@ impl Target {
         // to the rest (crius, containerd).
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            match rt.list_pod_sandbox(cri::ListPodSandboxRequest::default()).await {
+            match rt
+                .list_pod_sandbox(cri::ListPodSandboxRequest::default())
+                .await
+            {
                 Err(e) if e.code() == tonic::Code::Unavailable && Instant::now() < deadline => {
                     tokio::time::sleep(Duration::from_millis(20)).await
                 }
