@@ -61,11 +61,21 @@ impl Row {
     }
 }
 
+/// A column: an endpoint or a floor.
+#[derive(Debug, Serialize)]
+pub struct Subject {
+    pub name: String,
+    /// The runtime's version and endpoint, or what the floor runs.
+    pub description: String,
+}
+
 /// Everything one run measured, in measuring order.
 #[derive(Debug, Default, Serialize)]
 pub struct Report {
-    /// `name → endpoint or description`, in column order.
-    pub subjects: Vec<(String, String)>,
+    /// Column order.
+    pub subjects: Vec<Subject>,
+    /// The workload parameters (`iterations`, `image`, ...), as given.
+    pub parameters: Vec<(String, String)>,
     pub rows: Vec<Row>,
     /// Failures and remarks (a workload an endpoint failed, a floor that was skipped).
     pub notes: Vec<String>,
@@ -84,9 +94,11 @@ impl Report {
     }
 
     pub fn subject(&mut self, name: &str, description: &str) {
-        if !self.subjects.iter().any(|(n, _)| n == name) {
-            self.subjects
-                .push((name.to_owned(), description.to_owned()));
+        if !self.subjects.iter().any(|s| s.name == name) {
+            self.subjects.push(Subject {
+                name: name.to_owned(),
+                description: description.to_owned(),
+            });
         }
     }
 
@@ -108,7 +120,7 @@ impl Report {
                 ops.push(&r.operation);
             }
         }
-        let names: Vec<&str> = self.subjects.iter().map(|(n, _)| n.as_str()).collect();
+        let names: Vec<&str> = self.subjects.iter().map(|s| s.name.as_str()).collect();
         let width = ops.iter().map(|o| o.len()).max().unwrap_or(9).max(9);
         let col = 31;
         let mut out = format!("{:<width$}", "operation");
@@ -166,8 +178,16 @@ impl Report {
         out.push_str(
             "times in ms; ops/s = 1/mean one at a time, or completed/wall for the parallel churn\n",
         );
-        for (n, d) in &self.subjects {
-            out.push_str(&format!("{n}: {d}\n"));
+        for s in &self.subjects {
+            out.push_str(&format!("{}: {}\n", s.name, s.description));
+        }
+        if !self.parameters.is_empty() {
+            let p: Vec<String> = self
+                .parameters
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect();
+            out.push_str(&format!("parameters: {}\n", p.join(" ")));
         }
         out.push_str(&format!("load average at start: {}\n", self.loadavg));
         for note in &self.notes {

@@ -257,6 +257,18 @@ type Samples = Vec<(&'static str, Duration)>;
 /// Runs `plan` on `targets`, adding rows and notes to `report`. Returns false if anything failed.
 pub async fn run(plan: &Plan, targets: &mut [Target], report: &mut Report) -> bool {
     let mut ok = true;
+    report.parameters = vec![
+        ("image".into(), plan.image.clone()),
+        ("pull_image".into(), plan.pull_image.clone()),
+        ("command".into(), plan.command.join(" ")),
+        ("runtime_handler".into(), plan.runtime_handler.clone()),
+        ("cgroup_parent".into(), plan.cgroup_parent.clone()),
+        ("iterations".into(), plan.iterations.to_string()),
+        ("stats_containers".into(), plan.stats_containers.to_string()),
+        ("parallel".into(), plan.parallel.to_string()),
+        ("churn".into(), plan.churn.to_string()),
+        ("stop_timeout".into(), plan.stop_timeout.to_string()),
+    ];
     for t in targets.iter() {
         report.subject(&t.name, &format!("{} at {}", t.version, t.endpoint));
     }
