@@ -178,6 +178,7 @@ impl Report {
         out.push_str(
             "times in ms; ops/s = 1/mean one at a time, or completed/wall for the parallel churn\n",
         );
+        out.push_str(&self.over_floor());
         for s in &self.subjects {
             out.push_str(&format!("{}: {}\n", s.name, s.description));
         }
@@ -192,6 +193,31 @@ impl Report {
         out.push_str(&format!("load average at start: {}\n", self.loadavg));
         for note in &self.notes {
             out.push_str(&format!("note: {note}\n"));
+        }
+        out
+    }
+}
+
+impl Report {
+    /// Each endpoint's create+start over each bare runtime's (subjects named `bare …`), p50.
+    fn over_floor(&self) -> String {
+        const OP: &str = "CreateContainer+StartContainer";
+        let mut out = String::new();
+        let rows = self.rows.iter().filter(|r| r.operation == OP);
+        let (floors, endpoints): (Vec<&Row>, Vec<&Row>) =
+            rows.partition(|r| r.subject.starts_with("bare "));
+        for e in &endpoints {
+            for f in &floors {
+                if f.p50_ms > 0.0 {
+                    out.push_str(&format!(
+                        "{OP} p50, {} over {}: {:+.1} ms ({:.2}x)\n",
+                        e.subject,
+                        f.subject,
+                        e.p50_ms - f.p50_ms,
+                        e.p50_ms / f.p50_ms
+                    ));
+                }
+            }
         }
         out
     }
@@ -224,5 +250,31 @@ mod tests {
         let r = Row::new("op", "s", samples, Some(Duration::from_secs(2)));
         assert!((r.ops_per_s - 50.0).abs() < 1e-6);
         assert_eq!(Row::new("op", "s", vec![], None).p99_ms, 0.0);
+    }
+
+    #[test]
+    fn table_has_ratio_and_floor_overhead() {
+        let ms = |v: u64| vec![Duration::from_millis(v)];
+        let mut r = Report::new();
+        for (s, d) in [("crius", "a"), ("containerd", "b"), ("bare runc", "c")] {
+            r.subject(s, d);
+        }
+        let op = "CreateContainer+StartContainer";
+        r.push(Row::new(op, "crius", ms(60), None));
+        r.push(Row::new(op, "containerd", ms(120), None));
+        r.push(Row::new(op, "bare runc", ms(50), None));
+        r.push(Row::new("ExecSync", "containerd", ms(5), None));
+        let t = r.table();
+        assert!(t.contains("|    0.50\n"), "{t}");
+        assert!(t.contains("crius over bare runc: +10.0 ms (1.20x)"), "{t}");
+        assert!(
+            t.contains("containerd over bare runc: +70.0 ms (2.40x)"),
+            "{t}"
+        );
+        let exec = t
+            .lines()
+            .find(|l| l.starts_with("ExecSync"))
+            .unwrap_or_default();
+        assert!(exec.ends_with("|       -"), "{t}");
     }
 }
