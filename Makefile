@@ -19,6 +19,7 @@ help:
 	@echo "make test   install what the tests need, build, run unit + e2e tests and lint"
 	@echo "make lint   cargo fmt --check and clippy -D warnings"
 	@echo "make chaos  the long fault suites: 60 seeded kill -9s, the 1000-pod churn"
+	@echo "make bench  crius against Debian's containerd, same CRI workloads, with runc/crun floors"
 
 # Installs the Debian packages in $(1) that are not installed yet.
 define apt_install
@@ -88,8 +89,15 @@ lint: deps
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
-bench: build-release
-	CRIUS_BIN=$(CURDIR)/target/release/crius $(CARGO) run --release -p crius-e2e --bin crius-bench
+# The side-by-side table: crius and Debian's containerd started on private dirs, the same CRI
+# workloads on both, interleaved, plus bare runc/crun create+start of crius's bundle; both
+# daemons are stopped afterwards. BENCH_ARGS adds flags (`BENCH_ARGS="-n 50 --json"`);
+# `crius-bench --help` lists them and the other subcommands.
+BENCH_ARGS ?=
+bench: build-release deps-test
+	$(call apt_install,containerd)
+	$(CARGO) build --release -p crius-e2e --bin crius-bench
+	./target/release/crius-bench compare --crius-bin $(CURDIR)/target/release/crius $(BENCH_ARGS)
 
 clean:
 	$(CARGO) clean

@@ -1,16 +1,19 @@
-//! `crius-bench`: figures for the closing notes, side by side with containerd's CRI plugin when
-//! `containerd` is installed (the reference peer). Prints; asserts nothing.
+//! The closing-note figures of issues 1, 4 and 5, each a subcommand: figures for crius started
+//! by the bench, with containerd's where it applies. They print; they assert nothing; they
+//! panic (exit code 1) when something fails.
 //!
-//! - start-to-socket-ready (spawn until the first `Version` answers), median of 10;
-//! - daemon RSS after start, after 10 000 and after 20 000 `Version` calls;
-//! - `Version` round-trip latency p50/p99 over the unix socket;
-//! - a cold pull of a generated ~100 MB, 5-layer gzip image from the loopback registry: MB/s and
-//!   peak RSS growth, against `skopeo copy` + `umoci raw unpack` of the same image;
-//! - RunPodSandbox and StopPodSandbox+RemovePodSandbox p50/p99 over 100 pods (bridge +
+//! - `startup`: start-to-socket-ready (spawn until the first `Version` answers), median of 10;
+//!   daemon RSS after start, after 10 000 and after 20 000 `Version` calls; `Version`
+//!   round-trip latency p50/p99 over the unix socket; crius, then containerd;
+//! - `pull`: a cold pull of a generated ~100 MB, 5-layer gzip image from the loopback registry:
+//!   MB/s and peak RSS growth, against `skopeo copy` + `umoci raw unpack` of the same image;
+//! - `cni`: RunPodSandbox and StopPodSandbox+RemovePodSandbox p50/p99 over 100 pods (bridge +
 //!   host-local + loopback on a private bridge), against the bare CNI ADD/DEL of the same
-//!   conflist run directly on a pinned netns (the floor).
+//!   conflist run directly on a pinned netns (the floor);
+//! - `containers`: 50 containers with crius against bare runc of the same bundle, the monitor's
+//!   RSS against Debian's conmon, and the same containers in a user-namespaced pod.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)] // A bench binary: failing loudly is the point.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // Failing loudly is the point here.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -227,7 +230,7 @@ fn status_kib(pid: u32, key: &str) -> u64 {
         .unwrap_or(0)
 }
 
-async fn bench_pull() {
+pub async fn pull() {
     use crius_e2e::registry::{push_layout, Registry};
     let registry = Registry::start().unwrap();
     let layout = tempfile::tempdir().unwrap();
@@ -309,15 +312,12 @@ async fn bench_pull() {
     );
 }
 
-#[tokio::main(flavor = "current_thread")]
-async fn main() {
+/// start-to-ready, RSS and `Version` latency of crius, then of containerd when installed.
+pub async fn startup() {
     println!(
-        "crius-bench: {STARTS} starts, {CALLS} Version calls on one connection (binary {})",
+        "startup: {STARTS} starts, {CALLS} Version calls on one connection (binary {})",
         crius_bin().display()
     );
-    // Sections to run: all by default, or those named on the command line.
-    let only: Vec<String> = std::env::args().skip(1).collect();
-    let wanted = |name: &str| only.is_empty() || only.iter().any(|o| o == name);
     let subjects = [
         Subject {
             name: "crius",
@@ -328,25 +328,14 @@ async fn main() {
             prepare: containerd,
         },
     ];
-    if wanted("startup") {
-        for s in &subjects {
-            bench(s).await;
-        }
-    }
-    if wanted("pull") {
-        bench_pull().await;
-    }
-    if wanted("pods") {
-        bench_pods().await;
-    }
-    if wanted("containers") {
-        bench_containers().await;
+    for s in &subjects {
+        bench(s).await;
     }
 }
 
 const CONTAINERS: usize = 50;
 
-async fn bench_containers() {
+pub async fn containers() {
     use k8s_cri::v1 as cri;
     let crius_e2e::busybox::BusyboxDaemon {
         d,
@@ -666,7 +655,7 @@ fn summary(name: &str, mut samples: Vec<Duration>) {
     );
 }
 
-async fn bench_pods() {
+pub async fn pods() {
     use k8s_cri::v1 as cri;
     let net = crius_e2e::network::TestNetwork::new();
     let conflist = format!(
