@@ -14,6 +14,7 @@ pub mod events;
 pub mod idmap;
 pub mod image;
 pub mod keyed;
+pub mod memory;
 pub mod metrics;
 pub mod runtime;
 pub mod sandbox;

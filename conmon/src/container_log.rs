@@ -362,14 +362,17 @@ mod tests {
 
     #[test]
     fn log_is_never_opened_through_a_symlink_or_onto_a_non_file() {
-        let dir = std::env::temp_dir().join(format!("crius-conmon-nofollow-{}", std::process::id()));
+        let dir =
+            std::env::temp_dir().join(format!("crius-conmon-nofollow-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         let victim = dir.join("victim");
         std::fs::write(&victim, "untouched").unwrap();
         let link = dir.join("c.log");
         std::os::unix::fs::symlink(&victim, &link).unwrap();
-        let err = ContainerLog::open(link.clone(), 16, false).err().expect("refused");
+        let err = ContainerLog::open(link.clone(), 16, false)
+            .err()
+            .expect("refused");
         assert_eq!(err.raw_os_error(), Some(libc::ELOOP), "{err}");
         // A dangling link is not followed to create its target either.
         let dangling = dir.join("d.log");

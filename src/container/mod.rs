@@ -476,7 +476,10 @@ impl Containers {
             return Err(Error::InvalidArgument("container image is required".into()));
         }
         let image = self.images.lookup(&image_name).ok_or_else(|| {
-            Error::NotFound(format!("image {} not found", crate::util::quote(&image_name)))
+            Error::NotFound(format!(
+                "image {} not found",
+                crate::util::quote(&image_name)
+            ))
         })?;
         let key = record::name_key(&pod.id, &meta.name, meta.attempt);
         let this = self.clone();

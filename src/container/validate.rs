@@ -58,10 +58,7 @@ pub fn no_nul(field: &str, value: &str) -> Result<(), Error> {
     Ok(())
 }
 
-fn no_nul_all<'a>(
-    field: &str,
-    values: impl IntoIterator<Item = &'a String>,
-) -> Result<(), Error> {
+fn no_nul_all<'a>(field: &str, values: impl IntoIterator<Item = &'a String>) -> Result<(), Error> {
     for (i, v) in values.into_iter().enumerate() {
         no_nul(&format!("{field}[{i}]"), v)?;
     }
@@ -144,7 +141,9 @@ pub fn log_path(value: &str) -> Result<(), Error> {
             quote(value)
         )));
     }
-    if path.components().any(|c| !matches!(c, Component::Normal(_) | Component::CurDir))
+    if path
+        .components()
+        .any(|c| !matches!(c, Component::Normal(_) | Component::CurDir))
         || path.file_name().is_none()
     {
         return Err(invalid(format!(
@@ -186,9 +185,7 @@ pub fn resources(
     res: &cri::LinuxContainerResources,
     node: &Node,
 ) -> Result<(), Error> {
-    let bad = |name: &str, v: String, why: &str| {
-        Err(invalid(format!("{field}.{name} {v} {why}")))
-    };
+    let bad = |name: &str, v: String, why: &str| Err(invalid(format!("{field}.{name} {v} {why}")));
     if res.memory_limit_in_bytes < 0 {
         return bad(
             "memory_limit_in_bytes",
@@ -249,7 +246,10 @@ pub fn resources(
         }
     }
     for (i, h) in res.hugepage_limits.iter().enumerate() {
-        no_nul(&format!("{field}.hugepage_limits[{i}].page_size"), &h.page_size)?;
+        no_nul(
+            &format!("{field}.hugepage_limits[{i}].page_size"),
+            &h.page_size,
+        )?;
     }
     for (key, value) in &res.unified {
         if key.is_empty()
@@ -374,8 +374,14 @@ pub fn container_config(config: &cri::ContainerConfig, node: &Node) -> Result<()
             }
         }
         if let Some(caps) = &sc.capabilities {
-            no_nul_all(&format!("{SC}.capabilities.add_capabilities"), &caps.add_capabilities)?;
-            no_nul_all(&format!("{SC}.capabilities.drop_capabilities"), &caps.drop_capabilities)?;
+            no_nul_all(
+                &format!("{SC}.capabilities.add_capabilities"),
+                &caps.add_capabilities,
+            )?;
+            no_nul_all(
+                &format!("{SC}.capabilities.drop_capabilities"),
+                &caps.drop_capabilities,
+            )?;
         }
         if let Some(ns) = &sc.namespace_options {
             no_nul(&format!("{SC}.namespace_options.target_id"), &ns.target_id)?;
@@ -424,8 +430,14 @@ mod tests {
         for ok in ["c/0.log", "0.log", "./a/b.log"] {
             log_path(ok).unwrap();
         }
-        for bad in ["/abs/path.log", "../../../../tmp/x.log", "a/../../x.log", "a/..", "", "x\0y"]
-        {
+        for bad in [
+            "/abs/path.log",
+            "../../../../tmp/x.log",
+            "a/../../x.log",
+            "a/..",
+            "",
+            "x\0y",
+        ] {
             assert!(log_path(bad).is_err(), "{bad:?}");
         }
         log_directory("/var/log/pods/ns_name_uid").unwrap();
@@ -464,18 +476,39 @@ mod tests {
 
     #[test]
     fn resources_the_kernel_refuses_are_invalid() {
-        refused(&with_resources(|r| r.memory_limit_in_bytes = 4096), "memory_limit_in_bytes");
-        refused(&with_resources(|r| r.memory_limit_in_bytes = -5), "memory_limit_in_bytes");
+        refused(
+            &with_resources(|r| r.memory_limit_in_bytes = 4096),
+            "memory_limit_in_bytes",
+        );
+        refused(
+            &with_resources(|r| r.memory_limit_in_bytes = -5),
+            "memory_limit_in_bytes",
+        );
         refused(&with_resources(|r| r.oom_score_adj = 5000), "oom_score_adj");
-        refused(&with_resources(|r| r.oom_score_adj = -1001), "oom_score_adj");
+        refused(
+            &with_resources(|r| r.oom_score_adj = -1001),
+            "oom_score_adj",
+        );
         refused(&with_resources(|r| r.cpu_quota = -5), "cpu_quota");
         refused(&with_resources(|r| r.cpu_quota = 10), "cpu_quota");
         refused(&with_resources(|r| r.cpu_period = 10), "cpu_period");
         refused(&with_resources(|r| r.cpu_shares = 1 << 40), "cpu_shares");
-        refused(&with_resources(|r| r.cpuset_cpus = "0-7".into()), "cpuset_cpus");
-        refused(&with_resources(|r| r.cpuset_cpus = "3-1".into()), "cpuset_cpus");
-        refused(&with_resources(|r| r.cpuset_cpus = "0-4294967295".into()), "cpuset_cpus");
-        refused(&with_resources(|r| r.cpuset_mems = "1".into()), "cpuset_mems");
+        refused(
+            &with_resources(|r| r.cpuset_cpus = "0-7".into()),
+            "cpuset_cpus",
+        );
+        refused(
+            &with_resources(|r| r.cpuset_cpus = "3-1".into()),
+            "cpuset_cpus",
+        );
+        refused(
+            &with_resources(|r| r.cpuset_cpus = "0-4294967295".into()),
+            "cpuset_cpus",
+        );
+        refused(
+            &with_resources(|r| r.cpuset_mems = "1".into()),
+            "cpuset_mems",
+        );
         for key in ["../cgroup.procs", "a/b", "..", "cgroup.procs", ""] {
             refused(
                 &with_resources(|r| {

@@ -67,14 +67,15 @@ impl Images {
         credentials: Option<&Credentials>,
     ) -> Result<Arc<ImageRecord>, ImageError> {
         let mut unpacked = Vec::new();
-        let result = self.pull_layers(reference, credentials, &mut unpacked).await;
+        let result = self
+            .pull_layers(reference, credentials, &mut unpacked)
+            .await;
         if result.is_err() && !unpacked.is_empty() {
             // A failed pull (a limit passed by a later layer) leaves no layer nobody uses.
             let _gc = self.store.gc.write().await;
             let _records = self.store.records.lock().await;
             let store = self.store.clone();
-            match tokio::task::spawn_blocking(move || store.remove_unused_layers(&unpacked)).await
-            {
+            match tokio::task::spawn_blocking(move || store.remove_unused_layers(&unpacked)).await {
                 Ok(Ok(0)) => {}
                 Ok(Ok(n)) => tracing::debug!(layers = n, "removed the layers of a failed pull"),
                 Ok(Err(e)) => tracing::warn!(error = %e, "removing the layers of a failed pull"),

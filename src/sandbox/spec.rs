@@ -195,7 +195,10 @@ pub fn pod_spec(req: &cri::RunPodSandboxRequest, config: &Config) -> Result<PodS
     };
     let mut limits = Limits::default();
     let mut oom_score_adj = 0;
-    for (field, res) in [("resources", &linux.resources), ("overhead", &linux.overhead)] {
+    for (field, res) in [
+        ("resources", &linux.resources),
+        ("overhead", &linux.overhead),
+    ] {
         let Some(res) = res else { continue };
         if !(-1000..=1000).contains(&res.oom_score_adj) {
             return Err(invalid(format!(
@@ -250,7 +253,10 @@ fn nul_free(req: &cri::RunPodSandboxRequest, cfg: &cri::PodSandboxConfig) -> Res
         }
         if let Some(sc) = &linux.security_context {
             if let Some(ns) = &sc.namespace_options {
-                no_nul("linux.security_context.namespace_options.target_id", &ns.target_id)?;
+                no_nul(
+                    "linux.security_context.namespace_options.target_id",
+                    &ns.target_id,
+                )?;
             }
             no_nul("linux.security_context.seccomp_profile_path", {
                 #[allow(deprecated)]

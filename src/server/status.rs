@@ -52,9 +52,16 @@ mod tests {
 
     #[test]
     fn long_messages_are_cut_to_the_limit_and_no_space_is_resource_exhausted() {
-        let s = Status::from(Error::InvalidArgument(format!("value {}", "é".repeat(10_000))));
+        let s = Status::from(Error::InvalidArgument(format!(
+            "value {}",
+            "é".repeat(10_000)
+        )));
         assert_eq!(s.code(), Code::InvalidArgument);
-        assert!(s.message().len() <= MESSAGE_LIMIT + 32, "{}", s.message().len());
+        assert!(
+            s.message().len() <= MESSAGE_LIMIT + 32,
+            "{}",
+            s.message().len()
+        );
         assert!(s.message().ends_with("(truncated)"));
         let e = crate::util::io_err("write", std::path::Path::new("/x"))(
             std::io::Error::from_raw_os_error(libc::ENOSPC),

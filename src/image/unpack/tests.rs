@@ -887,8 +887,8 @@ fn gzip_bomb_past_the_layer_limit_is_refused_as_resource_exhausted() {
         layer: 1 << 20,
         image: None,
     };
-    let err = unpack_layer_limited(bomb.as_slice(), Compression::Gzip, &fx.dest, &limits)
-        .unwrap_err();
+    let err =
+        unpack_layer_limited(bomb.as_slice(), Compression::Gzip, &fx.dest, &limits).unwrap_err();
     assert!(
         matches!(err, UnpackError::TooLarge(Exceeded::Layer(n)) if n == 1 << 20),
         "{err:?}"
@@ -896,7 +896,9 @@ fn gzip_bomb_past_the_layer_limit_is_refused_as_resource_exhausted() {
     assert_eq!(err.kind(), ErrorKind::ResourceExhausted);
     assert!(err.to_string().contains("max_layer_size"), "{err}");
     // Stopped at the limit, not after writing it all.
-    let written = fs::metadata(fx.dest.join("zeros")).map(|m| m.len()).unwrap_or(0);
+    let written = fs::metadata(fx.dest.join("zeros"))
+        .map(|m| m.len())
+        .unwrap_or(0);
     assert!(written <= 1 << 20, "{written}");
     fx.assert_outside_empty();
 
@@ -923,8 +925,8 @@ fn layers_of_one_image_share_the_image_limit() {
     let fx = Fixture::new();
     unpack_layer_limited(layer.as_slice(), Compression::Gzip, &fx.dest, &limits).unwrap();
     let fx = Fixture::new();
-    let err = unpack_layer_limited(layer.as_slice(), Compression::Gzip, &fx.dest, &limits)
-        .unwrap_err();
+    let err =
+        unpack_layer_limited(layer.as_slice(), Compression::Gzip, &fx.dest, &limits).unwrap_err();
     assert!(
         matches!(err, UnpackError::TooLarge(Exceeded::Image(n)) if n == 3 << 20),
         "{err:?}"
