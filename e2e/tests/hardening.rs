@@ -64,7 +64,13 @@ impl Env {
             log_path: format!("{name}.log"),
             linux: Some(cri::LinuxContainerConfig {
                 resources: Some(Default::default()),
-                security_context: Some(Default::default()),
+                security_context: Some(cri::LinuxContainerSecurityContext {
+                    namespace_options: Some(cri::NamespaceOption {
+                        pid: cri::NamespaceMode::Container as i32,
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }),
             }),
             ..Default::default()
         }
