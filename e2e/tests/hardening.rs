@@ -385,8 +385,7 @@ async fn update_exec_and_monitor_sockets_write_nothing_shared_and_refuse_bad_val
     let update = |res: cri::LinuxContainerResources| {
         let id = id.clone();
         async move {
-            d
-                .runtime()
+            d.runtime()
                 .await
                 .update_container_resources(cri::UpdateContainerResourcesRequest {
                     container_id: id,
@@ -603,4 +602,115 @@ async fn image_size_and_layer_limits_refuse_the_pull_and_leave_nothing() {
     let small = push_custom("small", &[zeros(1 << 20)]);
     pull(small).await.unwrap();
     serving(&d).await;
+}
+
+/// A tmpfs mounted for one test, unmounted when dropped (after the daemon using it).
+struct Tmpfs {
+    dir: tempfile::TempDir,
+}
+
+impl Tmpfs {
+    fn mount(size: &str) -> Tmpfs {
+        let dir = tempfile::Builder::new()
+            .prefix("crius-e2e-full-")
+            .tempdir()
+            .unwrap();
+        let ok = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir.path())
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "mount tmpfs");
+        Tmpfs { dir }
+    }
+
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Fills the filesystem up: writes until ENOSPC.
+    fn fill(&self) {
+        use std::io::Write;
+        let mut f = std::fs::File::create(self.path().join("filler")).unwrap();
+        let chunk = vec![0xa5u8; 64 << 10];
+        loop {
+            if let Err(e) = f.write_all(&chunk) {
+                assert_eq!(e.raw_os_error(), Some(libc::ENOSPC), "{e}");
+                return;
+            }
+        }
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(self.dir.path())
+            .status();
+    }
+}
+
+#[tokio::test]
+async fn no_space_left_is_resource_exhausted_naming_the_path() {
+    let fx = registry::shared();
+    let fs = Tmpfs::mount("24m");
+    let root = fs.path().join("root");
+    let mut d = Daemon::start_with(Options {
+        extra_config: insecure(&fx.registry_addr()),
+        drop_in: format!("[state]\nroot = {:?}\n", root.display().to_string()),
+        ..Options::default()
+    })
+    .await;
+    let pull = |image: String| {
+        let d = &d;
+        async move {
+            d.image()
+                .await
+                .pull_image(cri::PullImageRequest {
+                    image: Some(cri::ImageSpec {
+                        image,
+                        ..Default::default()
+                    }),
+                    auth: None,
+                    sandbox_config: None,
+                })
+                .await
+        }
+    };
+    // A 32 MiB layer (compressing to almost nothing) does not fit in 24 MiB.
+    let reference = push_custom(
+        "fills-the-disk",
+        &[fixtures::single_file_tar("big", &vec![7u8; 32 << 20]).unwrap()],
+    );
+    let err = pull(reference).await.unwrap_err();
+    assert_eq!(err.code(), Code::ResourceExhausted, "{err:?}");
+    assert!(
+        err.message().contains(&root.display().to_string()),
+        "names the path: {err:?}"
+    );
+    assert!(tree(&root.join("images/tmp")).is_empty());
+
+    // A full disk: the pod's record cannot be written.
+    fs.fill();
+    let mut req = pods::pod("full");
+    pods::namespaces(&mut req).network = cri::NamespaceMode::Node as i32;
+    let err = d.runtime().await.run_pod_sandbox(req).await.unwrap_err();
+    assert_eq!(err.code(), Code::ResourceExhausted, "{err:?}");
+    assert!(
+        err.message().contains(&root.display().to_string()),
+        "names the path: {err:?}"
+    );
+    let pods = d
+        .runtime()
+        .await
+        .list_pod_sandbox(cri::ListPodSandboxRequest { filter: None })
+        .await
+        .unwrap()
+        .into_inner()
+        .items;
+    assert!(pods.is_empty(), "{pods:?}");
+    serving(&d).await;
+    d.terminate(Duration::from_secs(10));
 }

@@ -145,6 +145,10 @@ impl UnpackError {
             UnpackError::Stream(e) if e.kind() == io::ErrorKind::InvalidData => {
                 ErrorKind::FailedPrecondition
             }
+            // The blob being saved as it streams hit a full disk.
+            UnpackError::Stream(e) if ErrorKind::of_io(e) == ErrorKind::ResourceExhausted => {
+                ErrorKind::ResourceExhausted
+            }
             UnpackError::Stream(_) => ErrorKind::Unavailable,
             UnpackError::Corrupt { .. }
             | UnpackError::Unsafe { .. }
