@@ -305,7 +305,8 @@ async fn bad_container_inputs_are_invalid_argument_and_create_nothing() {
 #[tokio::test]
 async fn bad_pod_inputs_are_invalid_argument_and_create_nothing() {
     let env = Env::new().await;
-    let cases: Vec<(&str, Box<dyn Fn(&mut cri::RunPodSandboxRequest)>)> = vec![
+    type Case = (&'static str, Box<dyn Fn(&mut cri::RunPodSandboxRequest)>);
+    let cases: Vec<Case> = vec![
         (
             "relative log_directory",
             Box::new(|r| pods::config(r).log_directory = "relative/logs".into()),
