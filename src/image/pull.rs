@@ -70,8 +70,12 @@ impl Images {
         let result = self
             .pull_layers(reference, credentials, &mut unpacked)
             .await;
-        if result.is_err() && !unpacked.is_empty() {
-            // A failed pull (a limit passed by a later layer) leaves no layer nobody uses.
+        let exhausted =
+            matches!(&result, Err(e) if e.kind() == crate::error::ErrorKind::ResourceExhausted);
+        if exhausted && !unpacked.is_empty() {
+            // A pull refused for a size limit (or a full disk) would be refused again: it leaves
+            // no layer nobody uses. Other failures (network, a tampered blob) keep the verified
+            // layers for the retry.
             let _gc = self.store.gc.write().await;
             let _records = self.store.records.lock().await;
             let store = self.store.clone();
