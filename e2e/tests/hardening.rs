@@ -275,9 +275,10 @@ async fn bad_container_inputs_are_invalid_argument_and_create_nothing() {
     let mut config = env.container("planted");
     config.log_path = "planted.log".into();
     config.command = vec!["echo".into(), "pwned".into()];
-    assert!(
-        env.create(&pod, config).await.is_err(),
-        "log through a symlink"
+    assert_code(
+        env.create(&pod, config).await,
+        Code::InvalidArgument,
+        "log through a symlink",
     );
     assert_eq!(std::fs::read_to_string(&victim).unwrap(), "original");
     assert!(env.containers().await.is_empty());

@@ -714,6 +714,16 @@ impl Containers {
         if let Some(parent) = log_path.parent() {
             std::fs::create_dir_all(parent).map_err(io_err("create log dir", parent))?;
         }
+        // A symlink, fifo or directory there is refused here with a clear error; the monitor
+        // opens with O_NOFOLLOW as well, so a link planted after this check fails the create.
+        if let Ok(meta) = std::fs::symlink_metadata(&log_path) {
+            if !meta.file_type().is_file() {
+                return Err(Error::InvalidArgument(format!(
+                    "log path {} exists and is not a regular file",
+                    log_path.display()
+                )));
+            }
+        }
 
         // Create through the monitor.
         let created = runtime
