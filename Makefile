@@ -12,7 +12,7 @@ PACKAGES_TEST  := docker-registry skopeo umoci busybox-static apache2-utils jq c
 CNI_CONF_DIR ?= /etc/cni/net.d
 RUN_ARGS ?=
 
-.PHONY: help run test lint build build-release deps deps-test install-cni host-setup unit e2e chaos bench clean
+.PHONY: fuzz help run test lint build build-release deps deps-test install-cni host-setup unit e2e chaos bench clean
 
 help:
 	@echo "make run    install what is missing, build, start crius with the default config"
@@ -101,6 +101,20 @@ bench: build-release deps-test
 
 clean:
 	$(CARGO) clean
+
+# cargo-fuzz targets in fuzz/ (own workspace, nightly; not in CI): each runs FUZZ_SECONDS in
+# turn, as root (the unpack target makes device nodes), from fuzz/corpus/<target> plus the
+# committed seeds in fuzz/seeds/<target>. Findings land in fuzz/artifacts/<target>.
+FUZZ_TARGETS ?= container_spec pod_spec unpack_layer spdy_frames config_parse
+FUZZ_SECONDS ?= 600
+FUZZ_FLAGS   ?=
+fuzz:
+	@command -v cargo-fuzz >/dev/null || $(CARGO) install cargo-fuzz --locked
+	for t in $(FUZZ_TARGETS); do \
+	  mkdir -p fuzz/corpus/$$t; \
+	  cargo +nightly fuzz run $(FUZZ_FLAGS) $$t fuzz/corpus/$$t $$(ls -d fuzz/seeds/$$t 2>/dev/null) \
+	    -- -max_total_time=$(FUZZ_SECONDS) || exit 1; \
+	done
 
 # make image, payload, dist, install, uninstall, chart-test, chart-readme: see the file.
 include charts/installer/packaging.mk

@@ -18,7 +18,20 @@ pub enum ErrorKind {
     Unauthenticated,
     PermissionDenied,
     Unimplemented,
+    /// Out of disk space (or quota) or past a configured size limit.
+    ResourceExhausted,
     Internal,
+}
+
+impl ErrorKind {
+    /// The kind of a failed I/O: no space left (ENOSPC, EDQUOT) is `ResourceExhausted`,
+    /// anything else `Internal`.
+    pub fn of_io(e: &std::io::Error) -> ErrorKind {
+        match e.raw_os_error() {
+            Some(libc::ENOSPC) | Some(libc::EDQUOT) => ErrorKind::ResourceExhausted,
+            _ => ErrorKind::Internal,
+        }
+    }
 }
 
 /// An error of the daemon's domain layer.
@@ -34,6 +47,9 @@ pub enum Error {
     FailedPrecondition(String),
     #[error("{0}")]
     DeadlineExceeded(String),
+    /// No space left on a device (the message names the path), or a size limit reached.
+    #[error("{0}")]
+    ResourceExhausted(String),
     /// The RPC belongs to a capability that has not landed yet.
     #[error("{0} is not implemented by crius yet")]
     Unimplemented(&'static str),
@@ -59,6 +75,7 @@ impl Error {
             Error::AlreadyExists(_) => ErrorKind::AlreadyExists,
             Error::FailedPrecondition(_) => ErrorKind::FailedPrecondition,
             Error::DeadlineExceeded(_) => ErrorKind::DeadlineExceeded,
+            Error::ResourceExhausted(_) => ErrorKind::ResourceExhausted,
             Error::Unimplemented(_) | Error::Unsupported(..) => ErrorKind::Unimplemented,
             Error::Starting => ErrorKind::Unavailable,
             Error::Store(e) => e.kind(),

@@ -16,6 +16,7 @@ pub mod idmap;
 pub mod image;
 pub mod keyed;
 pub mod lifecycle;
+pub mod memory;
 pub mod metrics;
 pub mod runtime;
 pub mod sandbox;

@@ -143,6 +143,7 @@ async fn shutdown_signal() {
 
 fn serve(cfg: config::Config, sources: Sources) -> anyhow::Result<()> {
     init_logging(&cfg.log)?;
+    crius::memory::tune_allocator();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("crius-worker")

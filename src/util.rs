@@ -37,8 +37,43 @@ pub fn join_err(e: tokio::task::JoinError) -> Error {
     Error::Internal(format!("blocking task failed: {e}"))
 }
 
-/// Maps an I/O error on `path` to an internal error naming the operation and the path.
+/// Maps an I/O error on `path` to an error naming the operation and the path: no space left
+/// on the device is `ResourceExhausted`, anything else internal.
 pub fn io_err<'a>(what: &str, path: &'a Path) -> impl FnOnce(std::io::Error) -> Error + 'a {
     let what = what.to_string();
-    move |e| Error::Internal(format!("{what} {}: {e}", path.display()))
+    move |e| {
+        let msg = format!("{what} {}: {e}", path.display());
+        match crate::error::ErrorKind::of_io(&e) {
+            crate::error::ErrorKind::ResourceExhausted => Error::ResourceExhausted(msg),
+            _ => Error::Internal(msg),
+        }
+    }
+}
+
+/// The most bytes of a user-supplied value quoted in an error message.
+pub const QUOTE_LIMIT: usize = 256;
+
+/// `value` quoted (`{:?}`) for an error message, cut to [`QUOTE_LIMIT`] bytes (on a character
+/// boundary) with the original length named: a 10 KB value must not make a 10 KB message.
+pub fn quote(value: &str) -> String {
+    if value.len() <= QUOTE_LIMIT {
+        return format!("{value:?}");
+    }
+    let mut end = QUOTE_LIMIT;
+    while !value.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{:?}… ({} bytes)", &value[..end], value.len())
+}
+
+/// `message` cut to `limit` bytes on a character boundary, marked when cut.
+pub fn truncate_message(message: &str, limit: usize) -> std::borrow::Cow<'_, str> {
+    if message.len() <= limit {
+        return std::borrow::Cow::Borrowed(message);
+    }
+    let mut end = limit;
+    while !message.is_char_boundary(end) {
+        end -= 1;
+    }
+    std::borrow::Cow::Owned(format!("{}… (truncated)", &message[..end]))
 }

@@ -173,13 +173,23 @@ pub struct ContainerLog {
     record: Vec<u8>,
 }
 
+/// Opens (creating) the log for appending, never through a symlink at its final component
+/// (`O_NOFOLLOW`: a link planted there fails with ELOOP instead of redirecting root's writes),
+/// and only a regular file (not a fifo or device someone put there).
 fn open_log(path: &PathBuf) -> io::Result<File> {
-    OpenOptions::new()
+    let file = OpenOptions::new()
         .create(true)
         .append(true)
         .mode(0o640)
-        .custom_flags(libc::O_CLOEXEC)
-        .open(path)
+        .custom_flags(libc::O_CLOEXEC | libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)?;
+    if !file.metadata()?.file_type().is_file() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("{} is not a regular file", path.display()),
+        ));
+    }
+    Ok(file)
 }
 
 impl ContainerLog {
@@ -348,6 +358,37 @@ mod tests {
         assert_eq!(out, vec![(F, "hi".into()), (F, "there".into())]);
         let (out, _) = split_all(&[b"hi\r\n"], 10, false);
         assert_eq!(out, vec![(F, "hi\r".into())]);
+    }
+
+    #[test]
+    fn log_is_never_opened_through_a_symlink_or_onto_a_non_file() {
+        let dir =
+            std::env::temp_dir().join(format!("crius-conmon-nofollow-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let victim = dir.join("victim");
+        std::fs::write(&victim, "untouched").unwrap();
+        let link = dir.join("c.log");
+        std::os::unix::fs::symlink(&victim, &link).unwrap();
+        let err = ContainerLog::open(link.clone(), 16, false)
+            .err()
+            .expect("refused");
+        assert_eq!(err.raw_os_error(), Some(libc::ELOOP), "{err}");
+        // A dangling link is not followed to create its target either.
+        let dangling = dir.join("d.log");
+        std::os::unix::fs::symlink(dir.join("created"), &dangling).unwrap();
+        assert!(ContainerLog::open(dangling, 16, false).is_err());
+        assert!(!dir.join("created").exists());
+        // Nor a fifo (it would block the monitor or feed somebody else).
+        let fifo = dir.join("f.log");
+        let c = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: a valid NUL-terminated path.
+        #[allow(unsafe_code)]
+        let rc = unsafe { libc::mkfifo(c.as_ptr(), 0o600) };
+        assert_eq!(rc, 0);
+        assert!(ContainerLog::open(fifo, 16, false).is_err());
+        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "untouched");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -32,14 +32,24 @@ struct Conn {
     dead: bool,
 }
 
-/// Binds a non-blocking unix listener at `path`, replacing a stale socket file.
+/// The mode of the monitor's sockets: only root (the daemon) may connect.
+pub const SOCKET_MODE: u32 = 0o600;
+
+/// Binds a non-blocking unix listener at `path`, replacing a stale socket file. The socket is
+/// created 0600 (umask 0177 while binding, then an explicit chmod), whatever the umask the
+/// monitor was started with.
 pub fn bind(path: &Path) -> io::Result<UnixListener> {
+    use std::os::unix::fs::PermissionsExt;
     match std::fs::remove_file(path) {
         Ok(()) => {}
         Err(e) if e.kind() == io::ErrorKind::NotFound => {}
         Err(e) => return Err(e),
     }
-    let listener = UnixListener::bind(path)?;
+    let old = crate::sys::umask(0o177);
+    let bound = UnixListener::bind(path);
+    crate::sys::umask(old);
+    let listener = bound?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(SOCKET_MODE))?;
     listener.set_nonblocking(true)?;
     Ok(listener)
 }
@@ -215,6 +225,11 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("c.sock");
         let mut control = Control::new(bind(&path).unwrap());
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, SOCKET_MODE, "{mode:o}");
+        }
         let mut client = UnixStream::connect(&path).unwrap();
         client.write_all(bytes).unwrap();
         client.shutdown(std::net::Shutdown::Write).unwrap();

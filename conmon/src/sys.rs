@@ -61,6 +61,13 @@ pub fn null_stdio() -> io::Result<()> {
     Ok(())
 }
 
+/// Sets the process umask and returns the previous one. The monitor is single-threaded, so a
+/// temporary umask affects only what this thread creates meanwhile.
+pub fn umask(mask: libc::mode_t) -> libc::mode_t {
+    // SAFETY: umask only swaps the process's file mode creation mask; it cannot fail.
+    unsafe { libc::umask(mask) }
+}
+
 /// Blocks every signal and returns the set, for `wait_signal`.
 pub fn block_all_signals() -> io::Result<libc::sigset_t> {
     // SAFETY: sigset_t is plain data initialised by sigfillset before use.

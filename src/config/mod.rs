@@ -144,6 +144,15 @@ fn path_is_empty(p: &std::path::Path) -> bool {
     p.as_os_str().is_empty()
 }
 
+/// `[image] max_layer_size` default: 8 GiB unpacked.
+pub const DEFAULT_MAX_LAYER_SIZE: u64 = 8 << 30;
+/// `[image] max_image_size` default: 32 GiB unpacked.
+pub const DEFAULT_MAX_IMAGE_SIZE: u64 = 32 << 30;
+/// `[image] max_layers` default: what the overlay option page holds on kernels before 6.8.
+pub const DEFAULT_MAX_LAYERS: usize = 120;
+/// The kernel's limit of overlayfs lower layers (`OVL_MAX_STACK`).
+pub const MAX_OVERLAY_LAYERS: usize = 500;
+
 /// `[image]`: pulling and storing images.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -154,6 +163,14 @@ pub struct ImageConfig {
     pub pinned_images: Vec<String>,
     /// Layers downloaded at once, across all pulls.
     pub max_concurrent_downloads: usize,
+    /// Most bytes one layer may unpack to (its uncompressed tar); 0 = unlimited. Refuses
+    /// decompression bombs before they fill the disk.
+    pub max_layer_size: u64,
+    /// Most bytes all layers of one image may unpack to together; 0 = unlimited.
+    pub max_image_size: u64,
+    /// Most layers an image may have (checked at pull). The overlay of a container stacks them
+    /// all: at most 500 for the kernel, about 120 through the mount option page before Linux 6.8.
+    pub max_layers: usize,
     /// Docker-style credentials file (`{"auths": {"HOST": {"auth": "base64(user:pass)"}}}`),
     /// used when a pull carries no credentials. Empty: none.
     pub auth_file: PathBuf,
@@ -276,6 +293,9 @@ impl Default for ImageConfig {
             default_registry: "docker.io".into(),
             pinned_images: Vec::new(),
             max_concurrent_downloads: 3,
+            max_layer_size: DEFAULT_MAX_LAYER_SIZE,
+            max_image_size: DEFAULT_MAX_IMAGE_SIZE,
+            max_layers: DEFAULT_MAX_LAYERS,
             auth_file: PathBuf::new(),
             insecure_loopback: true,
             registries: BTreeMap::new(),

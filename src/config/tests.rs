@@ -135,6 +135,19 @@ fn invalid_value_names_the_file_that_set_it() {
 }
 
 #[test]
+fn image_limits_default_and_max_layers_is_bounded() {
+    let env = Env::new();
+    let cfg = env.load().unwrap();
+    assert_eq!(cfg.image.max_layer_size, super::DEFAULT_MAX_LAYER_SIZE);
+    assert_eq!(cfg.image.max_image_size, super::DEFAULT_MAX_IMAGE_SIZE);
+    assert_eq!(cfg.image.max_layers, 120);
+    let env = Env::new();
+    env.main_file("[image]\nmax_layer_size = 0\nmax_image_size = 0\nmax_layers = 501\n");
+    let err = env.load().unwrap_err().to_string();
+    assert!(err.contains("image.max_layers"), "{err}");
+}
+
+#[test]
 fn invalid_enum_value_is_refused() {
     let env = Env::new();
     env.main_file("[runtime]\ncgroup_driver = \"cgroupv3\"\n");

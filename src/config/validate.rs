@@ -118,6 +118,16 @@ impl Config {
                 format!("{:?} is not a registry host", self.image.default_registry),
             );
         }
+        if !(1..=super::MAX_OVERLAY_LAYERS).contains(&self.image.max_layers) {
+            return fail(
+                "image.max_layers",
+                format!(
+                    "{} is not between 1 and {} (the kernel's overlay limit)",
+                    self.image.max_layers,
+                    super::MAX_OVERLAY_LAYERS
+                ),
+            );
+        }
         if !(1..=64).contains(&self.image.max_concurrent_downloads) {
             return fail(
                 "image.max_concurrent_downloads",

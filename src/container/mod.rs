@@ -22,6 +22,7 @@ pub mod resources;
 pub mod rootfs;
 pub mod spec;
 pub mod stats;
+pub mod validate;
 
 use std::collections::{BTreeMap, HashMap};
 use std::os::fd::AsFd;
@@ -185,6 +186,8 @@ impl Containers {
             }
         }
         this.clean_orphans();
+        // Read the node's CPUs and memory nodes here, not on an async worker later.
+        validate::Node::get();
         match crate::idmap::clean_leftovers(&this.settings.idmap_dir) {
             Ok(0) => {}
             Ok(n) => tracing::info!(count = n, "released idmapped mounts of interrupted creates"),
@@ -583,10 +586,11 @@ impl Containers {
             .ok_or_else(|| Error::InvalidArgument("container metadata is required".into()))?;
         if meta.name.is_empty() || meta.name.contains(['/', '\0']) {
             return Err(Error::InvalidArgument(format!(
-                "container name {:?} is not valid",
-                meta.name
+                "container name {} is not valid",
+                crate::util::quote(&meta.name)
             )));
         }
+        validate::container_config(&config, validate::Node::get())?;
         let pod = match self.sandboxes.resolve(&req.pod_sandbox_id) {
             Ok(pod) => pod,
             Err(Error::NotFound(m)) => return Err(Error::NotFound(m)),
@@ -606,10 +610,12 @@ impl Containers {
         if image_name.is_empty() {
             return Err(Error::InvalidArgument("container image is required".into()));
         }
-        let image = self
-            .images
-            .lookup(&image_name)
-            .ok_or_else(|| Error::NotFound(format!("image {image_name:?} not found")))?;
+        let image = self.images.lookup(&image_name).ok_or_else(|| {
+            Error::NotFound(format!(
+                "image {} not found",
+                crate::util::quote(&image_name)
+            ))
+        })?;
         let key = record::name_key(&pod.id, &meta.name, meta.attempt);
         let this = self.clone();
         tokio::spawn(async move {
@@ -887,14 +893,27 @@ impl Containers {
         let config_path = bundle.join("config.json");
         std::fs::write(&config_path, spec_json).map_err(io_err("write", &config_path))?;
 
-        // The CRI log file.
+        // The CRI log file: inside the pod's log directory (both checked: an absolute
+        // directory, a relative path without `..`; pods restored from before the check too).
         let log_path = if pod.spec.log_directory.is_empty() || config.log_path.is_empty() {
             monitor_dir.join("container.log")
         } else {
+            validate::log_directory(&pod.spec.log_directory)?;
+            validate::log_path(&config.log_path)?;
             Path::new(&pod.spec.log_directory).join(&config.log_path)
         };
         if let Some(parent) = log_path.parent() {
             std::fs::create_dir_all(parent).map_err(io_err("create log dir", parent))?;
+        }
+        // A symlink, fifo or directory there is refused here with a clear error; the monitor
+        // opens with O_NOFOLLOW as well, so a link planted after this check fails the create.
+        if let Ok(meta) = std::fs::symlink_metadata(&log_path) {
+            if !meta.file_type().is_file() {
+                return Err(Error::InvalidArgument(format!(
+                    "log path {} exists and is not a regular file",
+                    log_path.display()
+                )));
+            }
         }
 
         // Create through the monitor.
@@ -1291,6 +1310,7 @@ impl Containers {
                 rec.id
             )));
         }
+        validate::resources("linux", &resources, validate::Node::get())?;
         let runtime = self.runtime(&rec.runtime_handler)?.clone();
         let json = resources::resources_json(&resources, self.settings.host.cgroup_v2);
         let this = self.clone();

@@ -44,6 +44,9 @@ pub enum ImageError {
     BadImage(String),
     #[error("image {0:?} is in use by container {1}")]
     InUse(String, String),
+    /// Past a configured limit (`[image] max_layers`): the message names it.
+    #[error("{0}")]
+    Limit(String),
     #[error("{0}")]
     Internal(String),
 }
@@ -57,7 +60,9 @@ impl ImageError {
             ImageError::Store(e) => e.kind(),
             ImageError::BadImage(_) => ErrorKind::FailedPrecondition,
             ImageError::InUse(..) => ErrorKind::FailedPrecondition,
-            ImageError::Io { .. } | ImageError::Internal(_) => ErrorKind::Internal,
+            ImageError::Limit(_) => ErrorKind::ResourceExhausted,
+            ImageError::Io { source, .. } => ErrorKind::of_io(source),
+            ImageError::Internal(_) => ErrorKind::Internal,
         }
     }
 }
@@ -71,6 +76,15 @@ pub struct Images {
     downloads: Arc<tokio::sync::Semaphore>,
     default_registry: String,
     pinned: Arc<Vec<Reference>>,
+    limits: PullLimits,
+}
+
+/// `[image] max_layer_size`, `max_image_size` (0 = unlimited) and `max_layers`.
+#[derive(Debug, Clone, Copy)]
+pub struct PullLimits {
+    pub max_layer_size: u64,
+    pub max_image_size: u64,
+    pub max_layers: usize,
 }
 
 impl Images {
@@ -106,6 +120,11 @@ impl Images {
             downloads: Arc::new(tokio::sync::Semaphore::new(config.max_concurrent_downloads)),
             default_registry: config.default_registry.clone(),
             pinned: Arc::new(pinned),
+            limits: PullLimits {
+                max_layer_size: config.max_layer_size,
+                max_image_size: config.max_image_size,
+                max_layers: config.max_layers,
+            },
         })
     }
 

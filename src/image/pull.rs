@@ -16,7 +16,7 @@ use tokio_util::io::SyncIoBridge;
 
 use super::registry::{Credentials, Descriptor, Platform, Resolved};
 use super::store::{chain_id, hex_of, remove_path, ImageLayer, ImageRecord, LayerRecord};
-use super::unpack::{unpack_layer, Compression, Unpacked};
+use super::unpack::{unpack_layer_limited, Compression, Exceeded, Limits, UnpackError, Unpacked};
 use super::{ImageError, Images};
 use crate::image::reference::Reference;
 
@@ -66,6 +66,36 @@ impl Images {
         reference: &Reference,
         credentials: Option<&Credentials>,
     ) -> Result<Arc<ImageRecord>, ImageError> {
+        let mut unpacked = Vec::new();
+        let result = self
+            .pull_layers(reference, credentials, &mut unpacked)
+            .await;
+        let exhausted =
+            matches!(&result, Err(e) if e.kind() == crate::error::ErrorKind::ResourceExhausted);
+        if exhausted && !unpacked.is_empty() {
+            // A pull refused for a size limit (or a full disk) would be refused again: it leaves
+            // no layer nobody uses. Other failures (network, a tampered blob) keep the verified
+            // layers for the retry.
+            let _gc = self.store.gc.write().await;
+            let _records = self.store.records.lock().await;
+            let store = self.store.clone();
+            match tokio::task::spawn_blocking(move || store.remove_unused_layers(&unpacked)).await {
+                Ok(Ok(0)) => {}
+                Ok(Ok(n)) => tracing::debug!(layers = n, "removed the layers of a failed pull"),
+                Ok(Err(e)) => tracing::warn!(error = %e, "removing the layers of a failed pull"),
+                Err(e) => tracing::warn!(error = %e, "removing the layers of a failed pull"),
+            }
+        }
+        result
+    }
+
+    /// The pull; `unpacked` collects the chain IDs of the layers it unpacked (not reused).
+    async fn pull_layers(
+        &self,
+        reference: &Reference,
+        credentials: Option<&Credentials>,
+        unpacked: &mut Vec<String>,
+    ) -> Result<Arc<ImageRecord>, ImageError> {
         let _gc = self.store.gc.read().await;
         let resolved = self
             .client
@@ -84,6 +114,13 @@ impl Images {
                     .collect()
             })
             .unwrap_or_default();
+        if resolved.layers.len() > self.limits.max_layers {
+            return Err(ImageError::Limit(format!(
+                "{reference}: {} layers are more than [image] max_layers {}",
+                resolved.layers.len(),
+                self.limits.max_layers
+            )));
+        }
         if diff_ids.len() != resolved.layers.len() {
             return Err(ImageError::BadImage(format!(
                 "{reference}: manifest has {} layers but config lists {} diff_ids",
@@ -100,6 +137,16 @@ impl Images {
             parent = Some(chain);
         }
         let resolved = Arc::new(resolved);
+        let limits = Limits {
+            layer: match (self.limits.max_layer_size, self.limits.max_image_size) {
+                (0, image) | (image, 0) => image,
+                (layer, image) => layer.min(image),
+            },
+            image: Some((
+                self.limits.max_image_size,
+                Arc::new(std::sync::atomic::AtomicU64::new(0)),
+            )),
+        };
         // A pull whose caller goes away (a cancelled PullImage) aborts its layer tasks at their
         // next await instead of letting them download on: each one's cleanup guard removes
         // what it had half written, and a concurrent pull of the same layer takes over.
@@ -110,17 +157,26 @@ impl Images {
             .map(|(desc, diff_id, chain, parent)| {
                 let images = self.clone();
                 let resolved = resolved.clone();
+                let limits = limits.clone();
                 tokio::spawn(async move {
-                    images
-                        .ensure_layer(&resolved, &desc, &diff_id, &chain, parent)
-                        .await
+                    let r = images
+                        .ensure_layer(&resolved, &desc, &diff_id, &chain, parent, &limits)
+                        .await;
+                    (chain, r)
                 })
             })
             .collect();
         // Wait for every layer (no task is left writing behind a failed pull), then report.
         let mut first_err = None;
         for t in tasks.0.iter_mut() {
-            let r = t.await.map_err(blocking_err).and_then(|r| r);
+            let r = match t.await.map_err(blocking_err) {
+                Ok((chain, Ok(true))) => {
+                    unpacked.push(chain);
+                    Ok(())
+                }
+                Ok((_, Ok(false))) => Ok(()),
+                Ok((_, Err(e))) | Err(e) => Err(e),
+            };
             if let (Err(e), None) = (r, &first_err) {
                 first_err = Some(e);
             }
@@ -190,7 +246,8 @@ impl Images {
     }
 
     /// Makes sure the layer `chain` is unpacked: reused, unpacked from a local verified blob,
-    /// or downloaded. Once per chain ID at a time across all pulls.
+    /// or downloaded, within `limits` (a reused layer counts toward the image's size too).
+    /// Once per chain ID at a time across all pulls. `true` when this call unpacked it.
     async fn ensure_layer(
         &self,
         resolved: &Resolved,
@@ -198,12 +255,20 @@ impl Images {
         diff_id: &str,
         chain: &str,
         parent: Option<String>,
-    ) -> Result<(), ImageError> {
+        limits: &Limits,
+    ) -> Result<bool, ImageError> {
         let lock = self.store.key_lock(chain);
         let _held = lock.lock().await;
-        if self.store.has_layer(chain) {
+        if let Some(layer) = self.store.layers.get(hex_of(chain)) {
             self.metrics.image_layers_reused_total.inc();
-            return Ok(());
+            if let Some((max, used)) = &limits.image {
+                let total =
+                    used.fetch_add(layer.size, std::sync::atomic::Ordering::Relaxed) + layer.size;
+                if *max != 0 && total > *max {
+                    return Err(UnpackError::TooLarge(Exceeded::Image(*max)).into());
+                }
+            }
+            return Ok(false);
         }
         let compression = Compression::from_media_type(&desc.media_type).ok_or_else(|| {
             ImageError::BadImage(format!(
@@ -235,15 +300,17 @@ impl Images {
         let local = tokio::fs::metadata(&blob_path).await.is_ok();
         let unpacked: Unpacked = if local {
             let (path, dest) = (blob_path.clone(), tmp_layer.clone());
+            let limits = limits.clone();
             tokio::task::spawn_blocking(move || {
                 let file = std::fs::File::open(&path).map_err(|source| ImageError::Io {
                     path: path.clone(),
                     source,
                 })?;
-                Ok::<_, ImageError>(unpack_layer(
+                Ok::<_, ImageError>(unpack_layer_limited(
                     std::io::BufReader::new(file),
                     compression,
                     &dest,
+                    &limits,
                 )?)
             })
             .await
@@ -252,6 +319,7 @@ impl Images {
             let reader = self.client.fetch_blob(resolved, desc).await?;
             let counter = reader.counter();
             let (dest, blob) = (tmp_layer.clone(), tmp_blob.clone());
+            let limits = limits.clone();
             let result = tokio::task::spawn_blocking(move || {
                 let file = std::fs::File::create(&blob).map_err(|source| ImageError::Io {
                     path: blob.clone(),
@@ -262,7 +330,7 @@ impl Images {
                     inner: SyncIoBridge::new(reader),
                     sink: &mut sink,
                 };
-                let unpacked = unpack_layer(tee, compression, &dest)?;
+                let unpacked = unpack_layer_limited(tee, compression, &dest, &limits)?;
                 let file = sink.into_inner().map_err(|e| ImageError::Io {
                     path: blob.clone(),
                     source: e.into_error(),
@@ -312,7 +380,7 @@ impl Images {
             return Err(e.into());
         }
         tracing::debug!(layer = %desc.digest, chain_id = chain, entries = unpacked.entries, from_local_blob = local, "layer unpacked");
-        Ok(())
+        Ok(true)
     }
 }
 

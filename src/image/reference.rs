@@ -40,9 +40,13 @@ pub struct Reference {
 pub enum ReferenceError {
     #[error("image reference is empty")]
     Empty,
-    #[error("invalid image reference {reference:?}: {reason}")]
+    #[error("invalid image reference {}: {reason}", crate::util::quote(reference))]
     Invalid { reference: String, reason: String },
-    #[error("invalid image reference {reference:?}: unsupported digest algorithm {algorithm:?} (only sha256 is supported)")]
+    #[error(
+        "invalid image reference {}: unsupported digest algorithm {} (only sha256 is supported)",
+        crate::util::quote(reference),
+        crate::util::quote(algorithm)
+    )]
     UnsupportedDigest {
         reference: String,
         algorithm: String,
@@ -313,7 +317,11 @@ fn valid_host(h: &str) -> bool {
         }
     };
     if let Some(p) = port {
-        if p.is_empty() || p.len() > 5 || !p.bytes().all(|b| b.is_ascii_digit()) {
+        // A TCP port: 1 to 65535 (`host:99999` is no registry anybody can reach).
+        if p.is_empty()
+            || !p.bytes().all(|b| b.is_ascii_digit())
+            || !matches!(p.parse::<u16>(), Ok(1..))
+        {
             return false;
         }
     }
@@ -519,6 +527,9 @@ mod tests {
             "quay.io/".into(),
             "quay.io:port/a".into(),
             "quay.io:99999999/a".into(),
+            "host:99999/x".into(),
+            "host:0/x".into(),
+            "[::1]:65536/x".into(),
             "-quay.io/a".into(),
             "busybox@sha256:abc".into(),
             "busybox@sha256:".into(),
@@ -536,7 +547,7 @@ mod tests {
             assert_eq!(err.kind(), ErrorKind::InvalidArgument, "{input}");
             if !input.is_empty() {
                 assert!(
-                    err.to_string().contains(&format!("{input:?}")),
+                    err.to_string().contains(&crate::util::quote(input)),
                     "{err} names {input:?}"
                 );
             }

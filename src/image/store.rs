@@ -333,6 +333,37 @@ impl ImageStore {
         Ok(freed)
     }
 
+    /// Removes the layers among `chains` (chain IDs) that no image uses: what a failed pull
+    /// unpacked. Caller holds `records` and `gc` (write). Blocking. Returns the layers freed.
+    pub fn remove_unused_layers(&self, chains: &[String]) -> Result<usize, ImageError> {
+        let images = self.images.list();
+        let used: BTreeSet<&str> = images
+            .iter()
+            .flat_map(|(_, img)| img.layers.iter().map(|l| l.chain_id.as_str()))
+            .collect();
+        let used_blobs: BTreeSet<&str> = images
+            .iter()
+            .flat_map(|(_, img)| img.layers.iter().map(|l| l.digest.as_str()))
+            .collect();
+        let mut freed = 0;
+        for chain in chains {
+            let Some(layer) = self.layers.get(hex_of(chain)) else {
+                continue;
+            };
+            if used.contains(chain.as_str()) {
+                continue;
+            }
+            // Record first: a crash in between leaves an orphan dir, removed at start.
+            self.layers.remove(hex_of(chain))?;
+            remove_path(&self.layer_dir(chain))?;
+            if !used_blobs.contains(layer.digest.as_str()) {
+                remove_path(&self.blob_path(&layer.digest))?;
+            }
+            freed += 1;
+        }
+        Ok(freed)
+    }
+
     /// Bytes and inodes used under the image store. Blocking: walks the tree.
     pub fn usage(&self) -> (u64, u64) {
         use std::os::unix::fs::MetadataExt;

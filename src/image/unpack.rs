@@ -31,9 +31,11 @@ mod write;
 
 use std::io::{self, BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
 
 use crate::error::ErrorKind;
-use stream::{Hashing, Source, SourceFailure, Zstd};
+use stream::{Budget, Hashing, Limited, Source, SourceFailure, Zstd};
 use write::Writer;
 
 /// How a layer blob is compressed.
@@ -77,8 +79,45 @@ pub struct Unpacked {
     pub entries: u64,
 }
 
+/// How many bytes a layer may unpack to (`[image] max_layer_size`, `max_image_size`).
+#[derive(Debug, Clone, Default)]
+pub struct Limits {
+    /// Uncompressed bytes of this layer (and bytes written for it); 0 = unlimited.
+    pub layer: u64,
+    /// `(limit, used)`: uncompressed bytes of every layer of the image together, `used` shared
+    /// by the layers of one pull; a limit of 0 = unlimited.
+    pub image: Option<(u64, Arc<AtomicU64>)>,
+}
+
+/// Which size limit an unpack passed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exceeded {
+    /// `[image] max_layer_size`.
+    Layer(u64),
+    /// `[image] max_image_size`.
+    Image(u64),
+}
+
+impl std::fmt::Display for Exceeded {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Exceeded::Layer(n) => write!(
+                f,
+                "layer unpacks to more than {n} bytes ([image] max_layer_size)"
+            ),
+            Exceeded::Image(n) => write!(
+                f,
+                "image unpacks to more than {n} bytes ([image] max_image_size)"
+            ),
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum UnpackError {
+    /// A size limit was passed: a decompression bomb, or an image larger than allowed.
+    #[error("{0}")]
+    TooLarge(Exceeded),
     /// The caller's reader failed: the blob's digest did not match, or the download broke.
     #[error("reading layer stream: {0}")]
     Stream(#[source] io::Error),
@@ -106,11 +145,16 @@ impl UnpackError {
             UnpackError::Stream(e) if e.kind() == io::ErrorKind::InvalidData => {
                 ErrorKind::FailedPrecondition
             }
+            // The blob being saved as it streams hit a full disk.
+            UnpackError::Stream(e) if ErrorKind::of_io(e) == ErrorKind::ResourceExhausted => {
+                ErrorKind::ResourceExhausted
+            }
             UnpackError::Stream(_) => ErrorKind::Unavailable,
             UnpackError::Corrupt { .. }
             | UnpackError::Unsafe { .. }
             | UnpackError::Invalid { .. } => ErrorKind::FailedPrecondition,
-            UnpackError::Io { .. } => ErrorKind::Internal,
+            UnpackError::Io { source, .. } => ErrorKind::of_io(source),
+            UnpackError::TooLarge(_) => ErrorKind::ResourceExhausted,
         }
     }
 }
@@ -125,7 +169,19 @@ pub fn unpack_layer<R: Read>(
     compression: Compression,
     dest: &Path,
 ) -> Result<Unpacked, UnpackError> {
+    unpack_layer_limited(reader, compression, dest, &Limits::default())
+}
+
+/// [`unpack_layer`] within `limits`: past one, [`UnpackError::TooLarge`] (the caller removes
+/// `dest`, as after any error).
+pub fn unpack_layer_limited<R: Read>(
+    reader: R,
+    compression: Compression,
+    dest: &Path,
+    limits: &Limits,
+) -> Result<Unpacked, UnpackError> {
     let failure = SourceFailure::default();
+    let budget = Budget::new(limits);
     let mut source = BufReader::with_capacity(
         64 * 1024,
         Source {
@@ -133,7 +189,11 @@ pub fn unpack_layer<R: Read>(
             failure: &failure,
         },
     );
-    let result = unpack_stream(&mut source, compression, dest, &failure);
+    let result = unpack_stream(&mut source, compression, dest, &failure, &budget);
+    let result = match (result, budget.exceeded()) {
+        (Err(_), Some(what)) => Err(UnpackError::TooLarge(what)),
+        (result, _) => result,
+    };
     if result.is_ok() {
         tracing::trace!(dest = %dest.display(), "layer unpacked");
     }
@@ -146,14 +206,19 @@ fn unpack_stream(
     compression: Compression,
     dest: &Path,
     failure: &SourceFailure,
+    budget: &Budget<'_>,
 ) -> Result<Unpacked, UnpackError> {
     let decompressed: Box<dyn Read + '_> = match compression {
         Compression::None => Box::new(&mut *source),
         Compression::Gzip => Box::new(flate2::bufread::MultiGzDecoder::new(&mut *source)),
         Compression::Zstd => Box::new(Zstd::new(&mut *source)),
     };
-    let mut archive = tar::Archive::new(Hashing::new(decompressed));
-    let entries = unpack_entries(&mut archive, dest, failure)?;
+    let limited = Limited {
+        inner: decompressed,
+        budget,
+    };
+    let mut archive = tar::Archive::new(Hashing::new(limited));
+    let entries = unpack_entries(&mut archive, dest, failure, budget)?;
 
     let mut rest = archive.into_inner();
     io::copy(&mut rest, &mut io::sink())
@@ -173,8 +238,10 @@ fn unpack_entries<R: Read>(
     archive: &mut tar::Archive<R>,
     dest: &Path,
     failure: &SourceFailure,
+    budget: &Budget<'_>,
 ) -> Result<u64, UnpackError> {
     let mut writer = Writer::new(dest, failure);
+    writer.budget = Some(budget);
     let mut count = 0u64;
     let mut previous = String::new();
     let entries = archive

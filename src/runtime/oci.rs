@@ -188,15 +188,36 @@ impl Monitored {
         cmd
     }
 
-    fn run(&self, op: &'static str, id: &str, mut cmd: Command) -> Result<(), RuntimeError> {
-        let out = cmd
+    fn run(&self, op: &'static str, id: &str, cmd: Command) -> Result<(), RuntimeError> {
+        self.run_with_input(op, id, cmd, None)
+    }
+
+    /// Runs `cmd` with `input` (small: it fits the pipe) on its stdin, if given.
+    fn run_with_input(
+        &self,
+        op: &'static str,
+        id: &str,
+        mut cmd: Command,
+        input: Option<&[u8]>,
+    ) -> Result<(), RuntimeError> {
+        let spawn_err = |source| RuntimeError::Spawn {
+            what: format!("{} {op}", self.binary.display()),
+            source,
+        };
+        if input.is_some() {
+            cmd.stdin(Stdio::piped());
+        }
+        let mut child = cmd
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
-            .output()
-            .map_err(|source| RuntimeError::Spawn {
-                what: format!("{} {op}", self.binary.display()),
-                source,
-            })?;
+            .spawn()
+            .map_err(spawn_err)?;
+        if let (Some(bytes), Some(mut stdin)) = (input, child.stdin.take()) {
+            use std::io::Write;
+            // A runtime that exits without reading says why on stderr: its status decides.
+            let _ = stdin.write_all(bytes);
+        }
+        let out = child.wait_with_output().map_err(spawn_err)?;
         if out.status.success() {
             return Ok(());
         }
@@ -356,18 +377,13 @@ impl OciRuntime for Monitored {
         }
     }
 
+    /// The resources go on stdin (`--resources -`, runc 1.1 and crun 1.8 both read it): no
+    /// file anybody else could plant or race.
     fn update(&self, id: &str, resources: &serde_json::Value) -> Result<(), RuntimeError> {
-        let dir = std::env::temp_dir();
-        let path = dir.join(format!("crius-update-{id}.json"));
-        std::fs::write(&path, resources.to_string()).map_err(|source| RuntimeError::Spawn {
-            what: format!("write {}", path.display()),
-            source,
-        })?;
         let mut cmd = self.base();
-        cmd.arg("update").arg("--resources").arg(&path).arg(id);
-        let result = self.run("update", id, cmd);
-        let _ = std::fs::remove_file(&path);
-        result
+        cmd.arg("update").arg("--resources").arg("-").arg(id);
+        let json = resources.to_string();
+        self.run_with_input("update", id, cmd, Some(json.as_bytes()))
     }
 
     fn exec_command(&self, id: &str, files: &ExecFiles) -> Command {

@@ -45,6 +45,8 @@ pub fn pod_spec(req: &cri::RunPodSandboxRequest, config: &Config) -> Result<PodS
             )));
         }
     }
+    nul_free(req, cfg)?;
+    crate::container::validate::log_directory(&cfg.log_directory)?;
     let runtime_handler = if req.runtime_handler.is_empty() {
         config.runtime.default_handler.clone()
     } else {
@@ -193,7 +195,17 @@ pub fn pod_spec(req: &cri::RunPodSandboxRequest, config: &Config) -> Result<PodS
     };
     let mut limits = Limits::default();
     let mut oom_score_adj = 0;
-    for res in [&linux.resources, &linux.overhead].into_iter().flatten() {
+    for (field, res) in [
+        ("resources", &linux.resources),
+        ("overhead", &linux.overhead),
+    ] {
+        let Some(res) = res else { continue };
+        if !(-1000..=1000).contains(&res.oom_score_adj) {
+            return Err(invalid(format!(
+                "linux.{field}.oom_score_adj {} is not between -1000 and 1000",
+                res.oom_score_adj
+            )));
+        }
         add_limits(&mut limits, res);
         oom_score_adj = oom_score_adj.max(res.oom_score_adj);
     }
@@ -218,6 +230,52 @@ pub fn pod_spec(req: &cri::RunPodSandboxRequest, config: &Config) -> Result<PodS
         privileged: security.privileged,
         user_namespace,
     })
+}
+
+/// No NUL byte in any string of the request (they cannot reach a path, a cgroup file or a
+/// namespace file): refused naming the field before anything is created.
+fn nul_free(req: &cri::RunPodSandboxRequest, cfg: &cri::PodSandboxConfig) -> Result<(), Error> {
+    use crate::container::validate::no_nul;
+    no_nul("runtime_handler", &req.runtime_handler)?;
+    no_nul("hostname", &cfg.hostname)?;
+    no_nul("log_directory", &cfg.log_directory)?;
+    for (field, map) in [("labels", &cfg.labels), ("annotations", &cfg.annotations)] {
+        for (k, v) in map {
+            no_nul(&format!("{field} key"), k)?;
+            no_nul(&format!("{field}[{}]", crate::util::quote(k)), v)?;
+        }
+    }
+    if let Some(linux) = &cfg.linux {
+        no_nul("linux.cgroup_parent", &linux.cgroup_parent)?;
+        for (k, v) in &linux.sysctls {
+            no_nul("linux.sysctls key", k)?;
+            no_nul(&format!("linux.sysctls[{}]", crate::util::quote(k)), v)?;
+        }
+        if let Some(sc) = &linux.security_context {
+            if let Some(ns) = &sc.namespace_options {
+                no_nul(
+                    "linux.security_context.namespace_options.target_id",
+                    &ns.target_id,
+                )?;
+            }
+            no_nul("linux.security_context.seccomp_profile_path", {
+                #[allow(deprecated)]
+                &sc.seccomp_profile_path
+            })?;
+        }
+    }
+    if let Some(dns) = &cfg.dns_config {
+        for (field, values) in [
+            ("dns_config.servers", &dns.servers),
+            ("dns_config.searches", &dns.searches),
+            ("dns_config.options", &dns.options),
+        ] {
+            for (i, v) in values.iter().enumerate() {
+                no_nul(&format!("{field}[{i}]"), v)?;
+            }
+        }
+    }
+    Ok(())
 }
 
 /// `userns_options`: NODE (or POD without mappings, from a kubelet that knows none) is the
@@ -379,6 +437,36 @@ mod tests {
             ..Default::default()
         });
         assert!(err_of(&r).contains("kernel.panic"));
+    }
+
+    #[test]
+    fn nul_bytes_relative_log_directories_and_bad_oom_scores_are_refused() {
+        let mut r = request();
+        r.config.as_mut().unwrap().linux = Some(cri::LinuxPodSandboxConfig {
+            cgroup_parent: "/kubepods\0x".into(),
+            ..Default::default()
+        });
+        assert!(err_of(&r).contains("linux.cgroup_parent"));
+
+        let mut r = request();
+        r.config.as_mut().unwrap().log_directory = "var/log/pods/x".into();
+        assert!(err_of(&r).contains("log_directory"));
+        r.config.as_mut().unwrap().log_directory = "/var/log/pods/../../etc".into();
+        assert!(err_of(&r).contains("log_directory"));
+
+        let mut r = request();
+        r.config.as_mut().unwrap().labels = [("a".to_string(), "b\0".to_string())].into();
+        assert!(err_of(&r).contains("labels"));
+
+        let mut r = request();
+        r.config.as_mut().unwrap().linux = Some(cri::LinuxPodSandboxConfig {
+            resources: Some(cri::LinuxContainerResources {
+                oom_score_adj: 5000,
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+        assert!(err_of(&r).contains("oom_score_adj"));
     }
 
     #[test]

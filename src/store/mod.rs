@@ -50,6 +50,7 @@ impl StoreError {
     pub fn kind(&self) -> ErrorKind {
         match self {
             StoreError::BadId(_) => ErrorKind::InvalidArgument,
+            StoreError::Io { source, .. } => ErrorKind::of_io(source),
             _ => ErrorKind::Internal,
         }
     }

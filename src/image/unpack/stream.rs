@@ -4,8 +4,9 @@
 //! Everything here is a streaming `Read` adapter with a bounded buffer; nothing knows about tar
 //! entries or the filesystem.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::io::{self, BufRead, Read};
+use std::sync::atomic::Ordering;
 
 use ruzstd::decoding::errors::{FrameDecoderError, ReadFrameHeaderError};
 use ruzstd::decoding::{BlockDecodingStrategy, FrameDecoder};
@@ -48,6 +49,81 @@ impl<R: Read> Read for Source<'_, R> {
             Err(e) if e.kind() != io::ErrorKind::Interrupted => Err(self.failure.record(e)),
             other => other,
         }
+    }
+}
+
+/// Charges the bytes a layer unpacks to against its [`super::Limits`] and remembers which
+/// limit was passed first (the decoders above re-word the error).
+pub(super) struct Budget<'a> {
+    limits: &'a super::Limits,
+    stream: Cell<u64>,
+    written: Cell<u64>,
+    exceeded: Cell<Option<super::Exceeded>>,
+}
+
+impl<'a> Budget<'a> {
+    pub(super) fn new(limits: &'a super::Limits) -> Self {
+        Budget {
+            limits,
+            stream: Cell::new(0),
+            written: Cell::new(0),
+            exceeded: Cell::new(None),
+        }
+    }
+
+    /// The limit passed, if one was.
+    pub(super) fn exceeded(&self) -> Option<super::Exceeded> {
+        self.exceeded.get()
+    }
+
+    fn fail(&self, what: super::Exceeded) -> io::Error {
+        if self.exceeded.get().is_none() {
+            self.exceeded.set(Some(what));
+        }
+        io::Error::other(what.to_string())
+    }
+
+    /// `n` more uncompressed bytes of the layer stream.
+    fn charge_stream(&self, n: u64) -> io::Result<()> {
+        let used = self.stream.get() + n;
+        self.stream.set(used);
+        let layer = self.limits.layer;
+        if layer != 0 && used > layer {
+            return Err(self.fail(super::Exceeded::Layer(layer)));
+        }
+        if let Some((max, shared)) = &self.limits.image {
+            let total = shared.fetch_add(n, Ordering::Relaxed) + n;
+            if *max != 0 && total > *max {
+                return Err(self.fail(super::Exceeded::Image(*max)));
+            }
+        }
+        Ok(())
+    }
+
+    /// `n` more bytes written to files: more than the stream holds for a sparse entry, whose
+    /// holes come out as zeros.
+    pub(super) fn charge_written(&self, n: u64) -> io::Result<()> {
+        let used = self.written.get() + n;
+        self.written.set(used);
+        let layer = self.limits.layer;
+        if layer != 0 && used > layer {
+            return Err(self.fail(super::Exceeded::Layer(layer)));
+        }
+        Ok(())
+    }
+}
+
+/// The uncompressed stream, charged to a [`Budget`]: fails once a limit is passed.
+pub(super) struct Limited<'a, 'b, R> {
+    pub(super) inner: R,
+    pub(super) budget: &'b Budget<'a>,
+}
+
+impl<R: Read> Read for Limited<'_, '_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.budget.charge_stream(n as u64)?;
+        Ok(n)
     }
 }
 

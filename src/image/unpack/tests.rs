@@ -856,3 +856,80 @@ fn media_types() {
         );
     }
 }
+
+/// A gzip layer of one `size`-byte file of zeros, compressed as it streams.
+fn gzip_bomb(size: u64) -> Vec<u8> {
+    let mut header = tar::Header::new_ustar();
+    header.set_path("zeros").unwrap();
+    header.set_entry_type(tar::EntryType::Regular);
+    header.set_size(size);
+    header.set_mode(0o644);
+    header.set_uid(0);
+    header.set_gid(0);
+    header.set_mtime(MTIME);
+    header.set_cksum();
+    let tar = io::Cursor::new(header.as_bytes().to_vec())
+        .chain(io::repeat(0).take(size))
+        .chain(io::Cursor::new(vec![0u8; 1024]));
+    let mut out = Vec::new();
+    flate2::read::GzEncoder::new(tar, flate2::Compression::fast())
+        .read_to_end(&mut out)
+        .unwrap();
+    out
+}
+
+#[test]
+fn gzip_bomb_past_the_layer_limit_is_refused_as_resource_exhausted() {
+    let fx = Fixture::new();
+    let bomb = gzip_bomb(16 << 20);
+    assert!(bomb.len() < 1 << 20, "{}", bomb.len());
+    let limits = Limits {
+        layer: 1 << 20,
+        image: None,
+    };
+    let err =
+        unpack_layer_limited(bomb.as_slice(), Compression::Gzip, &fx.dest, &limits).unwrap_err();
+    assert!(
+        matches!(err, UnpackError::TooLarge(Exceeded::Layer(n)) if n == 1 << 20),
+        "{err:?}"
+    );
+    assert_eq!(err.kind(), ErrorKind::ResourceExhausted);
+    assert!(err.to_string().contains("max_layer_size"), "{err}");
+    // Stopped at the limit, not after writing it all.
+    let written = fs::metadata(fx.dest.join("zeros"))
+        .map(|m| m.len())
+        .unwrap_or(0);
+    assert!(written <= 1 << 20, "{written}");
+    fx.assert_outside_empty();
+
+    // Within the limit it unpacks.
+    let fx = Fixture::new();
+    let limits = Limits {
+        layer: 32 << 20,
+        image: None,
+    };
+    let unpacked =
+        unpack_layer_limited(bomb.as_slice(), Compression::Gzip, &fx.dest, &limits).unwrap();
+    assert_eq!(fs::metadata(fx.dest.join("zeros")).unwrap().len(), 16 << 20);
+    assert!(unpacked.size > 16 << 20);
+}
+
+#[test]
+fn layers_of_one_image_share_the_image_limit() {
+    let used = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let limits = Limits {
+        layer: 0,
+        image: Some((3 << 20, used.clone())),
+    };
+    let layer = gzip_bomb(2 << 20);
+    let fx = Fixture::new();
+    unpack_layer_limited(layer.as_slice(), Compression::Gzip, &fx.dest, &limits).unwrap();
+    let fx = Fixture::new();
+    let err =
+        unpack_layer_limited(layer.as_slice(), Compression::Gzip, &fx.dest, &limits).unwrap_err();
+    assert!(
+        matches!(err, UnpackError::TooLarge(Exceeded::Image(n)) if n == 3 << 20),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("max_image_size"), "{err}");
+}

@@ -21,7 +21,7 @@ use rustix::fs::{
 };
 use tar::EntryType;
 
-use super::stream::SourceFailure;
+use super::stream::{Budget, SourceFailure};
 use super::{stream_error, UnpackError};
 
 /// The whiteout prefix of the OCI layer format.
@@ -37,6 +37,8 @@ const BUFFER_SIZE: usize = 128 * 1024;
 pub(super) struct Writer<'a> {
     root: PathBuf,
     failure: &'a SourceFailure,
+    /// Charged with every byte written to a file (sparse entries write more than they read).
+    pub(super) budget: Option<&'a Budget<'a>>,
     buf: Vec<u8>,
     /// Directory mtimes, applied by [`Writer::finish`] once nothing more is written into them.
     dir_times: BTreeMap<Vec<OsString>, Timespec>,
@@ -76,6 +78,7 @@ impl<'a> Writer<'a> {
         Writer {
             root: root.to_path_buf(),
             failure,
+            budget: None,
             buf: vec![0; BUFFER_SIZE],
             dir_times: BTreeMap::new(),
         }
@@ -201,6 +204,11 @@ impl<'a> Writer<'a> {
                     }))
                 }
             };
+            if let Some(budget) = self.budget {
+                budget
+                    .charge_written(n as u64)
+                    .map_err(|e| stream_error(self.failure, e, || format!("entry {name:?}")))?;
+            }
             file.write_all(&self.buf[..n])
                 .map_err(|e| io_error(name, path, e))?;
         }

@@ -15,6 +15,7 @@ pub async fn exec(daemon: &Daemon, mut req: ExecRequest) -> Result<ExecResponse>
     if req.cmd.is_empty() {
         return Err(Error::InvalidArgument("exec command is required".into()));
     }
+    crate::container::validate::exec_cmd(&req.cmd)?;
     check_streams(req.stdin, req.stdout, req.stderr, req.tty)?;
     let rec = daemon.containers()?.running(&req.container_id).await?;
     req.container_id = rec.id.clone();
