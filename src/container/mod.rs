@@ -1061,11 +1061,14 @@ impl Containers {
             id,
             |cur| {
                 let mut next = cur.clone();
-                // The exit watcher may have seen a short-lived process exit already.
+                // The exit watcher may have seen a short-lived process exit already: it
+                // stays Exited, and it started no later than it finished.
+                next.started_at = now_ns();
                 if cur.state == ContainerState::Created {
                     next.state = ContainerState::Running;
+                } else if cur.state == ContainerState::Exited && cur.finished_at > 0 {
+                    next.started_at = next.started_at.min(cur.finished_at);
                 }
-                next.started_at = now_ns();
                 Ok::<_, Error>(Some(next))
             },
             |stored| self.publish(stored, EventKind::Started),
