@@ -36,9 +36,9 @@ impl Daemon {
     pub async fn create_container(&self, req: cri::CreateContainerRequest) -> Result<String> {
         let containers = self.containers()?.clone();
         let pod = self.sandboxes()?.resolve(&req.pod_sandbox_id)?;
-        // The container's image and its image volumes' images, in one order (no lock cycles).
-        let images = self.images()?;
-        let mut image_ids: Vec<String> = req
+        let images = self.images()?.clone();
+        // The container's image and its image volumes' images.
+        let names: Vec<String> = req
             .config
             .iter()
             .flat_map(|c| {
@@ -46,18 +46,43 @@ impl Daemon {
                     .iter()
                     .chain(c.mounts.iter().filter_map(|m| m.image.as_ref()))
             })
-            .filter_map(|i| images.lookup(&i.image).map(|r| r.id.clone()))
+            .map(|i| i.image.clone())
             .collect();
-        image_ids.sort();
-        image_ids.dedup();
+        let resolve = move || {
+            let mut ids: Vec<String> = names
+                .iter()
+                .filter_map(|n| images.lookup(n).map(|r| r.id.clone()))
+                .collect();
+            ids.sort();
+            ids.dedup();
+            ids
+        };
         let locks = self.locks.clone();
         tokio::spawn(async move {
             let _pod = locks.pods.read(&pod.id).await;
-            let mut held_images = Vec::with_capacity(image_ids.len());
-            for id in &image_ids {
-                held_images.push(locks.images.read(id).await);
-            }
-            // The pod's readiness and the image are checked again inside, under the locks.
+            // Lock the images the names resolve to (in one order: no lock cycles), then check
+            // that they still resolve to exactly those: an image pulled or re-tagged between the
+            // lookup and the lock would otherwise be used unlocked, and could be removed (its
+            // layers collected) under the create.
+            let mut attempt = 0;
+            let _held = loop {
+                let ids = resolve();
+                let mut held = Vec::with_capacity(ids.len());
+                for id in &ids {
+                    held.push(locks.images.read(id).await);
+                }
+                if resolve() == ids {
+                    break held;
+                }
+                attempt += 1;
+                if attempt >= 5 {
+                    return Err(Error::FailedPrecondition(
+                        "the container's images keep changing (pulled or removed meanwhile); retry"
+                            .into(),
+                    ));
+                }
+            };
+            // The pod's readiness and the images are checked again inside, under the locks.
             containers.create(req).await
         })
         .await
