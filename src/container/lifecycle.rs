@@ -1,0 +1,256 @@
+//! Start, stop (signal → timeout → SIGKILL, through the runtime), remove, resource updates and
+//! log reopening of one container, each under that container's lock.
+
+use super::*;
+
+impl Containers {
+    /// StartContainer.
+    pub async fn start(self: &Arc<Self>, id: &str) -> Result<()> {
+        let rec = self.resolve(id)?;
+        let _held = self.locks.lock(&rec.id).await;
+        let rec = self.resolve(&rec.id)?;
+        if rec.state != ContainerState::Created {
+            return Err(Error::FailedPrecondition(format!(
+                "container {} is {}, not created",
+                rec.id,
+                rec.state.name()
+            )));
+        }
+        let runtime = self.runtime(&rec.runtime_handler)?.clone();
+        let this = self.clone();
+        let started = Instant::now();
+        tokio::task::spawn_blocking(move || {
+            if let Err(e) = runtime.start(&rec.id) {
+                // A start the runtime already did (the daemon died before recording it, and
+                // restore could not tell): the node is the truth.
+                match runtime.state(&rec.id) {
+                    Ok(Some(st)) if st.status == "running" && st.pid == rec.pid => {
+                        tracing::warn!(container_id = %rec.id, "the runtime had already started the container; recording it");
+                    }
+                    _ => return Err(e.into()),
+                }
+            }
+            this.mark_started(&rec.id)?;
+            Ok::<_, Error>(())
+        })
+        .await
+        .map_err(join_err)??;
+        self.metrics
+            .container_start_seconds
+            .observe(started.elapsed().as_secs_f64());
+        self.update_gauge();
+        Ok(())
+    }
+
+    /// Records a start (Created → Running; a container that already exited stays Exited) and
+    /// publishes it, in record order.
+    pub(super) fn mark_started(&self, id: &str) -> Result<()> {
+        let modified = self.records.modify(
+            id,
+            |cur| {
+                let mut next = cur.clone();
+                // The exit watcher may have seen a short-lived process exit already: it
+                // stays Exited, and it started no later than it finished.
+                next.started_at = now_ns();
+                if cur.state == ContainerState::Created {
+                    next.state = ContainerState::Running;
+                } else if cur.state == ContainerState::Exited && cur.finished_at > 0 {
+                    next.started_at = next.started_at.min(cur.finished_at);
+                }
+                Ok::<_, Error>(Some(next))
+            },
+            |stored| self.publish(stored, EventKind::Started),
+        )?;
+        if let Modified::Changed(stored) = modified {
+            tracing::info!(container_id = %stored.id, "container started");
+        }
+        Ok(())
+    }
+
+    /// StopContainer: the stop signal, `timeout` to exit, then SIGKILL. Missing or stopped
+    /// containers succeed.
+    pub async fn stop(self: &Arc<Self>, id: &str, timeout: Duration) -> Result<()> {
+        let rec = match self.resolve(id) {
+            Ok(rec) => rec,
+            Err(Error::NotFound(_)) => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        let _held = self.locks.lock(&rec.id).await;
+        let this = self.clone();
+        let id = rec.id.clone();
+        tokio::task::spawn_blocking(move || this.stop_blocking(&id, timeout))
+            .await
+            .map_err(join_err)??;
+        self.update_gauge();
+        Ok(())
+    }
+
+    pub(super) fn stop_blocking(&self, id: &str, timeout: Duration) -> Result<()> {
+        let rec = self.refresh_blocking(id)?;
+        if rec.state == ContainerState::Exited {
+            return Ok(());
+        }
+        let runtime = self.runtime(&rec.runtime_handler)?.clone();
+        if rec.state == ContainerState::Created {
+            // Never started: nothing runs but the init waiting for start; kill it.
+            let _ = runtime.kill(id, SIGKILL, true);
+            self.wait_exit(&rec, Duration::from_secs(10));
+            self.refresh_with(id, Some(SIGKILL))?;
+            return Ok(());
+        }
+        let note_signal = |signal: i32| {
+            if rec.monitor_lost {
+                lock(&self.signalled).insert(id.to_string(), signal);
+            }
+        };
+        if !timeout.is_zero() {
+            note_signal(rec.stop_signal);
+            if let Err(e) = runtime.kill(id, rec.stop_signal, false) {
+                tracing::debug!(container_id = %id, error = %e, "stop signal not delivered");
+            }
+            if self.wait_exit(&rec, timeout) {
+                self.refresh_with(id, Some(rec.stop_signal))?;
+                return Ok(());
+            }
+        }
+        note_signal(SIGKILL);
+        if let Err(e) = runtime.kill(id, SIGKILL, true) {
+            tracing::debug!(container_id = %id, error = %e, "SIGKILL not delivered");
+        }
+        if !self.wait_exit(&rec, Duration::from_secs(10)) {
+            return Err(Error::DeadlineExceeded(format!(
+                "container {id} did not exit after SIGKILL"
+            )));
+        }
+        self.refresh_with(id, Some(SIGKILL))?;
+        tracing::info!(container_id = %id, "container stopped");
+        Ok(())
+    }
+
+    /// RemoveContainer: kills a running container first; missing containers succeed.
+    pub async fn remove(self: &Arc<Self>, id: &str) -> Result<()> {
+        let rec = match self.resolve(id) {
+            Ok(rec) => rec,
+            Err(Error::NotFound(_)) => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        let _held = self.locks.lock(&rec.id).await;
+        let this = self.clone();
+        let id = rec.id.clone();
+        tokio::task::spawn_blocking(move || {
+            this.stop_blocking(&id, Duration::ZERO)?;
+            this.remove_blocking(&id)
+        })
+        .await
+        .map_err(join_err)??;
+        self.update_gauge();
+        Ok(())
+    }
+
+    pub(super) fn remove_blocking(&self, id: &str) -> Result<()> {
+        let Some(rec) = self.records.get(id) else {
+            return Ok(());
+        };
+        let runtime = self.runtime(&rec.runtime_handler)?.clone();
+        runtime.delete(id).map_err(Error::from)?;
+        if monitor_alive(&rec) {
+            kill_pid(rec.monitor_pid);
+        }
+        rootfs::unmount(&rec.rootfs()).map_err(io_err("unmount", &rec.rootfs()))?;
+        rootfs::unmount_children(&rec.volumes_dir())
+            .map_err(io_err("unmount image volumes under", &rec.volumes_dir()))?;
+        for dir in [&rec.bundle, &rec.monitor_dir, &rec.storage] {
+            match std::fs::remove_dir_all(dir) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(io_err("remove", dir)(e)),
+            }
+        }
+        self.records.remove(id)?;
+        lock(&self.names).remove(&rec.name_key());
+        lock(&self.signalled).remove(id);
+        self.forget_samples(id);
+        tracing::info!(container_id = %id, "container removed");
+        self.publish(&rec, EventKind::Deleted);
+        Ok(())
+    }
+
+    /// Stops every container of a pod (StopPodSandbox).
+    pub async fn stop_pod(self: &Arc<Self>, pod_id: &str) -> Result<()> {
+        for id in self.in_pod(pod_id) {
+            self.stop(&id, Duration::ZERO).await?;
+        }
+        Ok(())
+    }
+
+    /// Removes every container of a pod (RemovePodSandbox).
+    pub async fn remove_pod(self: &Arc<Self>, pod_id: &str) -> Result<()> {
+        for id in self.in_pod(pod_id) {
+            self.remove(&id).await?;
+        }
+        Ok(())
+    }
+
+    /// UpdateContainerResources.
+    pub async fn update(
+        self: &Arc<Self>,
+        id: &str,
+        resources: cri::LinuxContainerResources,
+    ) -> Result<()> {
+        let rec = self.resolve(id)?;
+        let _held = self.locks.lock(&rec.id).await;
+        // Read under the lock: a stop that held it may have just ended the container.
+        let rec = self.status(&rec.id).await?;
+        if rec.state == ContainerState::Exited {
+            return Err(Error::FailedPrecondition(format!(
+                "container {} has exited",
+                rec.id
+            )));
+        }
+        validate::resources("linux", &resources, validate::Node::get())?;
+        let runtime = self.runtime(&rec.runtime_handler)?.clone();
+        let json = resources::resources_json(&resources, self.settings.host.cgroup_v2);
+        let this = self.clone();
+        tokio::task::spawn_blocking(move || {
+            if let Err(e) = runtime.update(&rec.id, &json) {
+                // The container exited on its own meanwhile: say so, not "internal".
+                if this.refresh_blocking(&rec.id)?.state == ContainerState::Exited {
+                    return Err(Error::FailedPrecondition(format!(
+                        "container {} has exited",
+                        rec.id
+                    )));
+                }
+                return Err(e.into());
+            }
+            let resources_pb = b64(resources.encode_to_vec());
+            this.records.modify(
+                &rec.id,
+                |cur| {
+                    let mut next = cur.clone();
+                    next.resources_pb = resources_pb;
+                    Ok::<_, Error>(Some(next))
+                },
+                |_| {},
+            )?;
+            Ok::<_, Error>(())
+        })
+        .await
+        .map_err(join_err)?
+    }
+
+    /// ReopenContainerLog.
+    pub async fn reopen_log(self: &Arc<Self>, id: &str) -> Result<()> {
+        let rec = self.status(id).await?;
+        if rec.state != ContainerState::Running {
+            return Err(Error::FailedPrecondition(format!(
+                "container {} is not running",
+                rec.id
+            )));
+        }
+        let dir = rec.monitor_dir.clone();
+        tokio::task::spawn_blocking(move || monitor::reopen_log(&dir))
+            .await
+            .map_err(join_err)?
+            .map_err(|e| Error::Internal(format!("reopen log of container {}: {e}", rec.id)))
+    }
+}
