@@ -10,6 +10,7 @@ pub mod authority;
 pub mod cgroups;
 pub mod config;
 pub mod container;
+pub mod daemon;
 pub mod error;
 pub mod events;
 pub mod idmap;

@@ -15,7 +15,7 @@
 
 use k8s_cri::v1 as cri;
 
-use crate::app::Daemon;
+use crate::daemon::Daemon;
 use crate::error::{Error, Result};
 use crate::keyed::KeyedRwLocks;
 

@@ -220,7 +220,7 @@ fn serve(cfg: config::Config, sources: Sources) -> anyhow::Result<()> {
             "crius serving"
         );
         let metrics = metrics::Metrics::new().context("register metrics")?;
-        let daemon = app::Daemon::new(cfg, metrics, Some(sources));
+        let daemon = crius::daemon::Daemon::new(cfg, metrics, Some(sources));
         let result = app::run(
             daemon,
             listener,

@@ -21,7 +21,7 @@ use tonic::codegen::http;
 use tonic::{Request, Response, Status};
 use tracing::{field, Instrument};
 
-use crate::app::Daemon;
+use crate::daemon::Daemon;
 use crate::error::Error;
 
 /// Ids a request refers to, recorded on the RPC's span.

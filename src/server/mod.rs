@@ -10,25 +10,52 @@ pub mod instrument;
 pub mod runtime;
 pub mod status;
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use k8s_cri::v1 as cri;
 use k8s_cri::v1::image_service_server::ImageService;
 use k8s_cri::v1::runtime_service_server::RuntimeService;
 use tonic::{Request, Response, Status};
 
-use crate::app::Daemon;
+use crate::daemon::Daemon;
+use crate::streaming::server::StreamServer;
 use instrument::Rpc;
 
 /// The service registered for both CRI services.
 #[derive(Clone)]
 pub struct CriService {
-    daemon: Arc<Daemon>,
+    ctx: Arc<Ctx>,
 }
 
 impl CriService {
-    pub fn new(daemon: Arc<Daemon>) -> Self {
-        CriService { daemon }
+    pub fn new(daemon: Arc<Daemon>, streaming: Arc<OnceLock<Arc<StreamServer>>>) -> Self {
+        CriService {
+            ctx: Arc::new(Ctx { daemon, streaming }),
+        }
+    }
+}
+
+/// What the handlers get: the daemon (through `Deref`, so a handler takes `&Daemon`), and for
+/// Exec/Attach/PortForward the streaming server that hands out their URLs.
+pub struct Ctx {
+    daemon: Arc<Daemon>,
+    streaming: Arc<OnceLock<Arc<StreamServer>>>,
+}
+
+impl Ctx {
+    /// The streaming server (Exec/Attach/PortForward URLs), once serving.
+    pub fn streaming(&self) -> crate::error::Result<&Arc<StreamServer>> {
+        self.streaming.get().ok_or_else(|| {
+            crate::error::Error::FailedPrecondition("the streaming server is not running".into())
+        })
+    }
+}
+
+impl std::ops::Deref for Ctx {
+    type Target = Daemon;
+
+    fn deref(&self) -> &Daemon {
+        &self.daemon
     }
 }
 
@@ -44,7 +71,7 @@ macro_rules! cri_service {
                     &self,
                     request: Request<cri::$req>,
                 ) -> Result<Response<cri::$resp>, Status> {
-                    let daemon = &*self.daemon;
+                    let daemon = &*self.ctx;
                     Rpc { op: $op }
                         .run(daemon, request, |req| cri_service!(@call daemon, req, $op, $($handler)::+))
                         .await
@@ -71,9 +98,9 @@ cri_service! {
             &self,
             request: Request<cri::GetEventsRequest>,
         ) -> Result<Response<EventStream>, Status> {
-            let daemon = self.daemon.clone();
+            let daemon = self.ctx.daemon.clone();
             Rpc { op: "GetContainerEvents" }
-                .run(&self.daemon, request, |req| {
+                .run(&self.ctx, request, |req| {
                     runtime::get_container_events::get_container_events(daemon, req)
                 })
                 .await

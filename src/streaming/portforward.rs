@@ -26,7 +26,7 @@ use tokio::time::Instant;
 use super::remotecommand::{pump, Reader, Writer, STREAM_CREATION_TIMEOUT};
 use super::spdy::{Connection, Stream};
 use super::ws;
-use crate::app::Daemon;
+use crate::daemon::Daemon;
 use crate::sandbox::port_forward::{self, Target};
 
 /// Most incomplete stream pairs a session keeps at once; more are reset.

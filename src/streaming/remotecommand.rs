@@ -22,7 +22,7 @@ use tokio::sync::mpsc;
 
 use super::spdy::{Connection, Stream};
 use super::ws;
-use crate::app::Daemon;
+use crate::daemon::Daemon;
 
 /// How long the client has to open every stream it announced.
 pub const STREAM_CREATION_TIMEOUT: Duration = Duration::from_secs(30);

@@ -26,8 +26,8 @@ use super::cache::{Pending, RequestCache};
 use super::idle::IdleTimeout;
 use super::remotecommand::Transport;
 use super::spdy;
-use crate::app::Daemon;
 use crate::config::ApiConfig;
+use crate::daemon::Daemon;
 use crate::error::Result;
 
 /// `X-Stream-Protocol-Version`: offered by the client (once per protocol), chosen by the server.
@@ -167,10 +167,10 @@ pub async fn serve(
             let phase = async {
                 match &server.settings.tls {
                     Some(tls) => match tls.accept(stream).await {
-                        Ok(s) => http_phase(s, daemon, peer).await,
+                        Ok(s) => http_phase(s, daemon, server, peer).await,
                         Err(e) => tracing::debug!(%peer, error = %e, "streaming TLS handshake"),
                     },
-                    None => http_phase(stream, daemon, peer).await,
+                    None => http_phase(stream, daemon, server, peer).await,
                 }
             };
             if tokio::time::timeout(REQUEST_HEAD_TIMEOUT, phase)
@@ -185,13 +185,14 @@ pub async fn serve(
 }
 
 /// The HTTP/1.1 requests of one connection, until one is upgraded (or the deadline ends it).
-async fn http_phase<IO>(io: IO, daemon: Arc<Daemon>, peer: SocketAddr)
+async fn http_phase<IO>(io: IO, daemon: Arc<Daemon>, server: Arc<StreamServer>, peer: SocketAddr)
 where
     IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
 {
     let service = hyper::service::service_fn(move |req| {
         let daemon = daemon.clone();
-        async move { Ok::<_, Infallible>(route(daemon, req, peer)) }
+        let server = server.clone();
+        async move { Ok::<_, Infallible>(route(daemon, &server, req, peer)) }
     });
     if let Err(e) = hyper::server::conn::http1::Builder::new()
         .serve_connection(hyper_util::rt::TokioIo::new(io), service)
@@ -233,6 +234,7 @@ pub fn negotiate<'a>(offered: &[String], supported: &[&'a str]) -> Option<&'a st
 
 fn route(
     daemon: Arc<Daemon>,
+    streaming: &Arc<StreamServer>,
     mut req: Request<Incoming>,
     peer: SocketAddr,
 ) -> Response<Full<Bytes>> {
@@ -243,12 +245,6 @@ fn route(
     if req.method() != hyper::Method::GET && req.method() != hyper::Method::POST {
         return plain(StatusCode::METHOD_NOT_ALLOWED, "use GET or POST");
     }
-    let Ok(streaming) = daemon.streaming() else {
-        return plain(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "streaming server not ready",
-        );
-    };
     let Ok(session) = streaming.sessions.clone().try_acquire_owned() else {
         return plain(
             StatusCode::SERVICE_UNAVAILABLE,

@@ -4,7 +4,7 @@ use std::collections::HashMap;
 
 use k8s_cri::v1::{ImageStatusRequest, ImageStatusResponse};
 
-use crate::app::Daemon;
+use crate::daemon::Daemon;
 use crate::error::{Error, Result};
 
 pub async fn image_status(daemon: &Daemon, req: ImageStatusRequest) -> Result<ImageStatusResponse> {

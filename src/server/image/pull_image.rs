@@ -2,7 +2,7 @@
 
 use k8s_cri::v1::{AuthConfig, PullImageRequest, PullImageResponse};
 
-use crate::app::Daemon;
+use crate::daemon::Daemon;
 use crate::error::{Error, Result};
 use crate::image::registry::Credentials;
 

@@ -3,7 +3,7 @@
 
 use k8s_cri::v1::{RemoveImageRequest, RemoveImageResponse};
 
-use crate::app::Daemon;
+use crate::daemon::Daemon;
 use crate::error::{Error, Result};
 
 pub async fn remove_image(daemon: &Daemon, req: RemoveImageRequest) -> Result<RemoveImageResponse> {

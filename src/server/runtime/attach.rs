@@ -3,8 +3,8 @@
 
 use k8s_cri::v1::{AttachRequest, AttachResponse};
 
-use crate::app::Daemon;
 use crate::error::{Error, Result};
+use crate::server::Ctx;
 use crate::streaming::cache::Pending;
 
 /// The stream flags kubelet's streaming server accepts.
@@ -22,7 +22,7 @@ pub fn check_streams(stdin: bool, stdout: bool, stderr: bool, tty: bool) -> Resu
     Ok(())
 }
 
-pub async fn attach(daemon: &Daemon, mut req: AttachRequest) -> Result<AttachResponse> {
+pub async fn attach(daemon: &Ctx, mut req: AttachRequest) -> Result<AttachResponse> {
     if req.container_id.is_empty() {
         return Err(Error::InvalidArgument("container_id is required".into()));
     }

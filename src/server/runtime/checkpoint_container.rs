@@ -4,7 +4,7 @@
 
 use k8s_cri::v1::{CheckpointContainerRequest, CheckpointContainerResponse};
 
-use crate::app::Daemon;
+use crate::daemon::Daemon;
 use crate::error::{Error, Result};
 
 /// Why checkpoints are refused (see docs/containers.md, "Checkpoints").

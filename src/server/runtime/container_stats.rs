@@ -3,7 +3,7 @@
 use k8s_cri::v1::{ContainerStatsRequest, ContainerStatsResponse};
 
 use super::stats::container_stats as to_cri;
-use crate::app::Daemon;
+use crate::daemon::Daemon;
 use crate::error::{Error, Result};
 
 pub async fn container_stats(

@@ -4,7 +4,7 @@ use k8s_cri::v1::{ContainerStatusRequest, ContainerStatusResponse};
 use serde_json::json;
 
 use super::container::to_cri_status;
-use crate::app::Daemon;
+use crate::daemon::Daemon;
 use crate::error::Result;
 
 pub async fn container_status(

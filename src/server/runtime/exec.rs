@@ -4,11 +4,11 @@
 use k8s_cri::v1::{ExecRequest, ExecResponse};
 
 use super::attach::check_streams;
-use crate::app::Daemon;
 use crate::error::{Error, Result};
+use crate::server::Ctx;
 use crate::streaming::cache::Pending;
 
-pub async fn exec(daemon: &Daemon, mut req: ExecRequest) -> Result<ExecResponse> {
+pub async fn exec(daemon: &Ctx, mut req: ExecRequest) -> Result<ExecResponse> {
     if req.container_id.is_empty() {
         return Err(Error::InvalidArgument("container_id is required".into()));
     }

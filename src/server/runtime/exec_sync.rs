@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use k8s_cri::v1::{ExecSyncRequest, ExecSyncResponse};
 
-use crate::app::Daemon;
+use crate::daemon::Daemon;
 use crate::error::Result;
 
 pub async fn exec_sync(daemon: &Daemon, req: ExecSyncRequest) -> Result<ExecSyncResponse> {

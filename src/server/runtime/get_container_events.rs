@@ -13,7 +13,7 @@ use tokio::sync::broadcast::error::RecvError;
 use tonic::Status;
 
 use super::{container, pod_sandbox};
-use crate::app::Daemon;
+use crate::daemon::Daemon;
 use crate::error::Result;
 use crate::events::{Event, EventKind};
 

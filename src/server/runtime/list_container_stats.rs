@@ -3,8 +3,8 @@
 use k8s_cri::v1::{ListContainerStatsRequest, ListContainerStatsResponse};
 
 use super::stats::container_stats as to_cri;
-use crate::app::Daemon;
 use crate::container::Filter;
+use crate::daemon::Daemon;
 use crate::error::Result;
 
 pub async fn list_container_stats(

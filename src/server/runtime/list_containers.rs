@@ -3,8 +3,8 @@
 use k8s_cri::v1::{ListContainersRequest, ListContainersResponse};
 
 use super::container::{state_from_cri, to_cri_container};
-use crate::app::Daemon;
 use crate::container::Filter;
+use crate::daemon::Daemon;
 use crate::error::{Error, Result};
 
 pub async fn list_containers(

@@ -2,7 +2,7 @@
 
 use k8s_cri::v1::{ListMetricDescriptorsRequest, ListMetricDescriptorsResponse};
 
-use crate::app::Daemon;
+use crate::daemon::Daemon;
 use crate::error::Result;
 
 pub async fn list_metric_descriptors(

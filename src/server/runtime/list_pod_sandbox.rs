@@ -3,7 +3,7 @@
 use k8s_cri::v1::{ListPodSandboxRequest, ListPodSandboxResponse};
 
 use super::pod_sandbox::{state_from_cri, to_cri_pod};
-use crate::app::Daemon;
+use crate::daemon::Daemon;
 use crate::error::{Error, Result};
 use crate::sandbox::Filter;
 

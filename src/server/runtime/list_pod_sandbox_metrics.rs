@@ -3,7 +3,7 @@
 
 use k8s_cri::v1::{ListPodSandboxMetricsRequest, ListPodSandboxMetricsResponse};
 
-use crate::app::Daemon;
+use crate::daemon::Daemon;
 use crate::error::Result;
 
 pub async fn list_pod_sandbox_metrics(

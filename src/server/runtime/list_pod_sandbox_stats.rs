@@ -3,7 +3,7 @@
 use k8s_cri::v1::{ListPodSandboxStatsRequest, ListPodSandboxStatsResponse};
 
 use super::stats::pod_stats as to_cri;
-use crate::app::Daemon;
+use crate::daemon::Daemon;
 use crate::error::Result;
 use crate::sandbox::Filter;
 

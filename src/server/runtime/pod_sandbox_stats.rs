@@ -4,7 +4,7 @@
 use k8s_cri::v1::{PodSandboxStatsRequest, PodSandboxStatsResponse};
 
 use super::stats::pod_stats as to_cri;
-use crate::app::Daemon;
+use crate::daemon::Daemon;
 use crate::error::{Error, Result};
 
 pub async fn pod_sandbox_stats(

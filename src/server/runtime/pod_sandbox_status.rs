@@ -4,7 +4,7 @@ use k8s_cri::v1::{PodSandboxStatusRequest, PodSandboxStatusResponse};
 use serde_json::json;
 
 use super::pod_sandbox::to_cri_status;
-use crate::app::Daemon;
+use crate::daemon::Daemon;
 use crate::error::Result;
 
 pub async fn pod_sandbox_status(

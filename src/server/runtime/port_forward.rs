@@ -3,12 +3,12 @@
 
 use k8s_cri::v1::{PortForwardRequest, PortForwardResponse};
 
-use crate::app::Daemon;
 use crate::error::{Error, Result};
+use crate::server::Ctx;
 use crate::streaming::cache::Pending;
 
 pub async fn port_forward(
-    daemon: &Daemon,
+    daemon: &Ctx,
     mut req: PortForwardRequest,
 ) -> Result<PortForwardResponse> {
     if req.pod_sandbox_id.is_empty() {

@@ -2,7 +2,7 @@
 
 use k8s_cri::v1::{RemoveContainerRequest, RemoveContainerResponse};
 
-use crate::app::Daemon;
+use crate::daemon::Daemon;
 use crate::error::{Error, Result};
 
 pub async fn remove_container(

@@ -2,7 +2,7 @@
 
 use k8s_cri::v1::{ReopenContainerLogRequest, ReopenContainerLogResponse};
 
-use crate::app::Daemon;
+use crate::daemon::Daemon;
 use crate::error::Result;
 
 pub async fn reopen_container_log(

@@ -4,7 +4,7 @@ use base64::Engine as _;
 use k8s_cri::v1::{RunPodSandboxRequest, RunPodSandboxResponse};
 use prost::Message as _;
 
-use crate::app::Daemon;
+use crate::daemon::Daemon;
 use crate::error::Result;
 use crate::sandbox::spec::pod_spec;
 

@@ -4,8 +4,8 @@ use k8s_cri::v1::{
     CgroupDriver, LinuxRuntimeConfiguration, RuntimeConfigRequest, RuntimeConfigResponse,
 };
 
-use crate::app::Daemon;
 use crate::config;
+use crate::daemon::Daemon;
 use crate::error::Result;
 
 pub async fn runtime_config(

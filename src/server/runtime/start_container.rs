@@ -2,7 +2,7 @@
 
 use k8s_cri::v1::{StartContainerRequest, StartContainerResponse};
 
-use crate::app::Daemon;
+use crate::daemon::Daemon;
 use crate::error::Result;
 
 pub async fn start_container(

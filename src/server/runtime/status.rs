@@ -8,7 +8,7 @@ use k8s_cri::v1::{
     StatusResponse,
 };
 
-use crate::app::Daemon;
+use crate::daemon::Daemon;
 use crate::error::{Error, Result};
 
 /// Every configured handler by name, and the default handler once more under the empty name:

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use k8s_cri::v1::{StopContainerRequest, StopContainerResponse};
 
-use crate::app::Daemon;
+use crate::daemon::Daemon;
 use crate::error::{Error, Result};
 
 pub async fn stop_container(

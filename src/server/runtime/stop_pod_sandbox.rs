@@ -3,7 +3,7 @@
 
 use k8s_cri::v1::{StopPodSandboxRequest, StopPodSandboxResponse};
 
-use crate::app::Daemon;
+use crate::daemon::Daemon;
 use crate::error::{Error, Result};
 
 pub async fn stop_pod_sandbox(

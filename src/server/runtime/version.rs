@@ -2,7 +2,7 @@
 
 use k8s_cri::v1::{VersionRequest, VersionResponse};
 
-use crate::app::Daemon;
+use crate::daemon::Daemon;
 use crate::error::Result;
 
 /// Version of the kubelet-runtime API, as CRI-O and containerd report it.
