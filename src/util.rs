@@ -77,3 +77,13 @@ pub fn truncate_message(message: &str, limit: usize) -> std::borrow::Cow<'_, str
     }
     std::borrow::Cow::Owned(format!("{}… (truncated)", &message[..end]))
 }
+
+/// Decodes a protobuf message stored as base64 (version 1 records), strictly: a corrupt value
+/// is an error, never an empty message.
+pub fn decode_legacy_pb<M: prost::Message + Default>(s: &str) -> std::result::Result<M, String> {
+    use base64::Engine as _;
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(s)
+        .map_err(|e| format!("not base64: {e}"))?;
+    M::decode(bytes.as_slice()).map_err(|e| format!("not protobuf: {e}"))
+}

@@ -271,7 +271,7 @@ impl Containers {
             }
         }
         let spec_config = &spec_config;
-        let pod_config: cri::PodSandboxConfig = unb64(&pod.config_pb);
+        let pod_config: cri::PodSandboxConfig = pod.config.clone();
         let view = image_view(&image.config);
         let seccomp_localhost = localhost_seccomp(&config);
         let target_pidns = self.target_pidns(&config)?;
@@ -417,8 +417,10 @@ impl Containers {
             user,
             stop_signal: generated.stop_signal,
             tty: config.tty,
-            config_pb: b64(config.encode_to_vec()),
-            resources_pb: b64(resources.encode_to_vec()),
+            config: config.clone(),
+            resources: resources.clone(),
+            config_pb: String::new(),
+            resources_pb: String::new(),
             monitor_lost: false,
             image_volumes,
         };

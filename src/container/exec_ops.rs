@@ -77,7 +77,7 @@ impl Containers {
             socket: monitor::attach_socket(&rec.monitor_dir),
             monitor_dir: rec.monitor_dir.clone(),
             tty: rec.tty,
-            stdin_once: unb64::<cri::ContainerConfig>(&rec.config_pb).stdin_once,
+            stdin_once: rec.config.stdin_once,
         })
     }
 }

@@ -222,12 +222,12 @@ impl Containers {
                 }
                 return Err(e.into());
             }
-            let resources_pb = b64(resources.encode_to_vec());
+
             this.records.modify(
                 &rec.id,
                 |cur| {
                     let mut next = cur.clone();
-                    next.resources_pb = resources_pb;
+                    next.resources = resources.clone();
                     Ok::<_, Error>(Some(next))
                 },
                 |_| {},

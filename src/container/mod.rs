@@ -39,9 +39,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use base64::Engine as _;
 use k8s_cri::v1 as cri;
-use prost::Message as _;
 
 use crate::error::{Error, Result};
 use crate::events::{EventKind, Events};
@@ -114,16 +112,27 @@ pub struct Containers {
     metrics_snapshot: stats::MetricsSnapshot,
 }
 
-fn b64(bytes: Vec<u8>) -> String {
-    base64::engine::general_purpose::STANDARD.encode(bytes)
-}
-
-fn unb64<M: prost::Message + Default>(s: &str) -> M {
-    base64::engine::general_purpose::STANDARD
-        .decode(s)
-        .ok()
-        .and_then(|b| M::decode(b.as_slice()).ok())
-        .unwrap_or_default()
+/// Upgrades a version 1 record (config and resources as base64 protobuf) to typed fields.
+/// `None` when there is nothing to upgrade; an error names what could not be decoded.
+fn upgrade_record(rec: &ContainerRecord) -> Option<std::result::Result<ContainerRecord, String>> {
+    if rec.config_pb.is_empty() && rec.resources_pb.is_empty() {
+        return None;
+    }
+    let mut next = rec.clone();
+    let upgraded = (|| {
+        if !rec.config_pb.is_empty() {
+            next.config = crate::util::decode_legacy_pb(&rec.config_pb)
+                .map_err(|e| format!("config: {e}"))?;
+        }
+        if !rec.resources_pb.is_empty() {
+            next.resources = crate::util::decode_legacy_pb(&rec.resources_pb)
+                .map_err(|e| format!("resources: {e}"))?;
+        }
+        next.config_pb.clear();
+        next.resources_pb.clear();
+        Ok(next)
+    })();
+    Some(upgraded)
 }
 
 /// The image config fields a container spec needs.
@@ -184,6 +193,20 @@ impl Containers {
             metrics_snapshot: stats::MetricsSnapshot::default(),
         });
         for (id, rec) in this.records.list() {
+            match upgrade_record(&rec) {
+                None => {}
+                Some(Ok(next)) => match this.records.put(&id, next) {
+                    Ok(_) => {
+                        tracing::info!(container_id = %id, "container record upgraded to typed config")
+                    }
+                    Err(e) => {
+                        tracing::error!(container_id = %id, error = %e, "container record not upgraded")
+                    }
+                },
+                Some(Err(e)) => {
+                    tracing::error!(container_id = %id, error = %e, "container record from version 1 cannot be decoded; its config is empty")
+                }
+            }
             lock(&this.names).insert(rec.name_key(), id.clone());
             this.reconcile_blocking(&id);
             match this.refresh_blocking(&id) {
@@ -379,12 +402,12 @@ impl Containers {
 
 /// The CRI config a record was created from.
 pub fn config_of(rec: &ContainerRecord) -> cri::ContainerConfig {
-    unb64(&rec.config_pb)
+    rec.config.clone()
 }
 
 /// The resources a record currently has.
 pub fn resources_of(rec: &ContainerRecord) -> cri::LinuxContainerResources {
-    unb64(&rec.resources_pb)
+    rec.resources.clone()
 }
 
 /// The Localhost seccomp profile's contents, when the container asks for one (None if the file
@@ -440,6 +463,55 @@ fn kill_pid(pid: u32) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A container record as version 1 wrote it: config and resources as base64 protobuf.
+    fn v1_record(config_pb: &str, resources_pb: &str) -> ContainerRecord {
+        let json = serde_json::json!({
+            "id": "c1", "pod_id": "p1", "name": "app", "attempt": 0, "image": "busybox",
+            "image_id": "sha256:1", "image_ref": "sha256:1", "state": "Running",
+            "created_at": 1, "started_at": 2, "finished_at": 0, "exit_code": 0, "reason": "",
+            "message": "", "pid": 10, "monitor_pid": 9, "runtime_handler": "runc",
+            "bundle": "/b", "monitor_dir": "/m", "storage": "/s", "log_path": "/l",
+            "labels": {}, "annotations": {}, "user": {"uid": 0, "gid": 0, "supplemental_groups": []},
+            "stop_signal": 15, "tty": false, "config_pb": config_pb, "resources_pb": resources_pb
+        });
+        serde_json::from_value(json).unwrap()
+    }
+
+    #[test]
+    fn version_1_records_are_upgraded_to_typed_config_and_corrupt_ones_are_reported() {
+        use base64::Engine as _;
+        use prost::Message as _;
+        let b64 = |bytes: Vec<u8>| base64::engine::general_purpose::STANDARD.encode(bytes);
+        let config = cri::ContainerConfig {
+            args: vec!["sleep".into(), "1".into()],
+            stdin_once: true,
+            ..Default::default()
+        };
+        let resources = cri::LinuxContainerResources {
+            cpu_shares: 512,
+            ..Default::default()
+        };
+        let old = v1_record(
+            &b64(config.encode_to_vec()),
+            &b64(resources.encode_to_vec()),
+        );
+        assert_eq!(old.config, cri::ContainerConfig::default());
+        let new = upgrade_record(&old).unwrap().unwrap();
+        assert_eq!(new.config, config);
+        assert_eq!(new.resources, resources);
+        assert!(new.config_pb.is_empty() && new.resources_pb.is_empty());
+        // Written back, the legacy fields are gone and the typed ones are JSON.
+        let text = serde_json::to_value(&new).unwrap();
+        assert!(text.get("config_pb").is_none());
+        assert_eq!(text["config"]["stdin_once"], true);
+        assert!(upgrade_record(&new).is_none());
+        // Corrupt: an error naming the field, not an empty config.
+        let err = upgrade_record(&v1_record("!!not base64", ""))
+            .unwrap()
+            .unwrap_err();
+        assert!(err.contains("config"), "{err}");
+    }
 
     #[test]
     fn a_live_pid_is_our_monitor_only_if_its_command_line_names_the_container() {

@@ -87,9 +87,19 @@ pub struct ContainerRecord {
     pub user: UserRecord,
     pub stop_signal: i32,
     pub tty: bool,
-    /// The CRI `ContainerConfig` as received (protobuf, base64).
+    /// The CRI `ContainerConfig` as received, typed (version 2; version 1 stored it as base64
+    /// protobuf in `config_pb`, migrated at load).
+    #[serde(default)]
+    pub config: k8s_cri::v1::ContainerConfig,
+    /// Current `LinuxContainerResources`, updated by UpdateContainerResources (version 1:
+    /// `resources_pb`).
+    #[serde(default)]
+    pub resources: k8s_cri::v1::LinuxContainerResources,
+    /// Version 1 only: the config as base64 protobuf. Never written.
+    #[serde(default, skip_serializing)]
     pub config_pb: String,
-    /// Current `LinuxContainerResources` (protobuf, base64), updated by UpdateContainerResources.
+    /// Version 1 only: the resources as base64 protobuf. Never written.
+    #[serde(default, skip_serializing)]
     pub resources_pb: String,
     /// The monitor died while the container ran on (found at a status check): output is no
     /// longer captured, attach is gone, and the exit status cannot be learned from it.
@@ -113,7 +123,7 @@ pub struct ImageVolume {
 
 impl Record for ContainerRecord {
     const KIND: &'static str = "container";
-    const VERSION: u32 = 1;
+    const VERSION: u32 = 2;
 }
 
 impl ContainerRecord {

@@ -113,6 +113,27 @@ impl Sandboxes {
     /// run directories and CNI attachments without a record are released.
     fn recover(&self) {
         for (id, rec) in self.records.list() {
+            if !rec.config_pb.is_empty() {
+                match crate::util::decode_legacy_pb::<k8s_cri::v1::PodSandboxConfig>(&rec.config_pb)
+                {
+                    Ok(config) => {
+                        let mut next = (*rec).clone();
+                        next.config = config;
+                        next.config_pb.clear();
+                        match self.records.put(&id, next) {
+                            Ok(_) => {
+                                tracing::info!(pod_id = %id, "pod record upgraded to typed config")
+                            }
+                            Err(e) => {
+                                tracing::error!(pod_id = %id, error = %e, "pod record not upgraded")
+                            }
+                        }
+                    }
+                    Err(e) => {
+                        tracing::error!(pod_id = %id, error = %e, "pod record from version 1 cannot be decoded; its config is empty")
+                    }
+                }
+            }
             lock(&self.names).insert(rec.spec.name_key(), id.clone());
             if rec.state == SandboxState::Ready && !self.still_ready(&rec) {
                 tracing::warn!(pod_id = %id, "pod sandbox lost its namespaces or infra process; stopping it");
@@ -226,7 +247,11 @@ impl Sandboxes {
     }
 
     /// RunPodSandbox: creates the pod, or returns the id of the pod this retry belongs to.
-    pub async fn run(self: &Arc<Self>, spec: PodSpec, config_pb: String) -> Result<String> {
+    pub async fn run(
+        self: &Arc<Self>,
+        spec: PodSpec,
+        config: k8s_cri::v1::PodSandboxConfig,
+    ) -> Result<String> {
         let key = spec.name_key();
         let this = self.clone();
         // The create runs in its own task holding the name lock: a client that gives up does
@@ -238,7 +263,7 @@ impl Sandboxes {
                 return Ok(id);
             }
             let worker = this.clone();
-            let rec = tokio::task::spawn_blocking(move || worker.create_blocking(spec, config_pb))
+            let rec = tokio::task::spawn_blocking(move || worker.create_blocking(spec, config))
                 .await
                 .map_err(join_err)??;
             lock(&this.names).insert(key, rec.id.clone());
@@ -253,9 +278,13 @@ impl Sandboxes {
         .map_err(join_err)?
     }
 
-    fn create_blocking(&self, spec: PodSpec, config_pb: String) -> Result<Arc<SandboxRecord>> {
+    fn create_blocking(
+        &self,
+        spec: PodSpec,
+        config: k8s_cri::v1::PodSandboxConfig,
+    ) -> Result<Arc<SandboxRecord>> {
         let mut undo = Rollback::new();
-        let result = self.create_steps(spec, config_pb, &mut undo);
+        let result = self.create_steps(spec, config, &mut undo);
         if result.is_err() {
             undo.unwind();
         }
@@ -265,7 +294,7 @@ impl Sandboxes {
     fn create_steps(
         &self,
         spec: PodSpec,
-        config_pb: String,
+        config: k8s_cri::v1::PodSandboxConfig,
         undo: &mut Rollback,
     ) -> Result<Arc<SandboxRecord>> {
         let id = new_id()?;
@@ -470,7 +499,8 @@ impl Sandboxes {
             cni_result,
             infra: infra_proc,
             cgroups_created,
-            config_pb,
+            config,
+            config_pb: String::new(),
             spec,
         };
         let stored = self.records.put(&id, rec)?;

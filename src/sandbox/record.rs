@@ -198,13 +198,18 @@ pub struct SandboxRecord {
     pub infra: Option<Infra>,
     /// Cgroup directories this pod created (removed with it).
     pub cgroups_created: Vec<PathBuf>,
-    /// The CRI `PodSandboxConfig` as received (protobuf, base64), for the container side.
+    /// The CRI `PodSandboxConfig` as received, typed, for the container side (version 1 stored
+    /// it as base64 protobuf in `config_pb`, migrated at load).
+    #[serde(default)]
+    pub config: k8s_cri::v1::PodSandboxConfig,
+    /// Version 1 only: the config as base64 protobuf. Never written.
+    #[serde(default, skip_serializing)]
     pub config_pb: String,
 }
 
 impl Record for SandboxRecord {
     const KIND: &'static str = "sandbox";
-    const VERSION: u32 = 1;
+    const VERSION: u32 = 2;
 }
 
 impl SandboxRecord {

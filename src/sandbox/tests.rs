@@ -72,7 +72,7 @@ async fn failed_network_setup_unwinds_every_step_and_releases_the_name() {
     let events = crate::events::Events::new();
     let (mut rx, _) = events.subscribe();
     let pods = open_with(dir.path(), net.clone(), events);
-    let err = pods.run(spec("a"), String::new()).await.unwrap_err();
+    let err = pods.run(spec("a"), Default::default()).await.unwrap_err();
     assert!(err.to_string().contains("no more addresses"), "{err}");
     assert_eq!(
         std::fs::read_dir(dir.path().join("run/pods"))
@@ -83,8 +83,8 @@ async fn failed_network_setup_unwinds_every_step_and_releases_the_name() {
     assert!(pods.list(&Filter::default()).is_empty());
     // The retry is a fresh create, not a stale reservation.
     *net.fail_setup.lock().unwrap() = None;
-    let id = pods.run(spec("a"), String::new()).await.unwrap();
-    assert_eq!(pods.run(spec("a"), String::new()).await.unwrap(), id);
+    let id = pods.run(spec("a"), Default::default()).await.unwrap();
+    assert_eq!(pods.run(spec("a"), Default::default()).await.unwrap(), id);
     let rec = pods.get(&id).unwrap();
     assert_eq!(rec.ips, vec!["10.99.0.2".to_string()]);
     assert_eq!(rec.pinned, vec!["net", "uts", "ipc"]);
@@ -117,7 +117,7 @@ async fn a_reopened_store_keeps_ready_pods_and_cleans_orphans() {
     let dir = tempfile::tempdir().unwrap();
     let net = Arc::new(FakeNetwork::default());
     let pods = open(dir.path(), net.clone());
-    let id = pods.run(spec("kept"), String::new()).await.unwrap();
+    let id = pods.run(spec("kept"), Default::default()).await.unwrap();
     // An orphan: a run dir and an attachment with no record (a crash mid-create).
     let orphan = dir.path().join("run/pods/deadbeef");
     std::fs::create_dir_all(&orphan).unwrap();
