@@ -12,7 +12,7 @@ impl Containers {
         cmd: &[String],
         timeout: Option<Duration>,
     ) -> Result<ExecOutput> {
-        exec::validate_cmd(cmd)?;
+        validate::exec_cmd(cmd)?;
         let rec = self.running(id).await?;
         let runtime = self.runtime(&rec.runtime_handler)?.clone();
         let files = Self::prepare_exec(&rec, cmd, false).await?;
@@ -60,7 +60,7 @@ impl Containers {
         stdout: bool,
         stderr: bool,
     ) -> Result<crate::runtime::oci::ExecProcess> {
-        exec::validate_cmd(cmd)?;
+        validate::exec_cmd(cmd)?;
         let rec = self.running(id).await?;
         let runtime = self.runtime(&rec.runtime_handler)?.clone();
         let files = Self::prepare_exec(&rec, cmd, tty).await?;

@@ -175,6 +175,13 @@ pub fn log_directory(value: &str) -> Result<(), Error> {
 
 /// An exec's command line: no NUL (emptiness is the exec's own check).
 pub fn exec_cmd(cmd: &[String]) -> Result<(), Error> {
+    match cmd.first() {
+        None => return Err(invalid("exec command is required".into())),
+        Some(first) if first.is_empty() => {
+            return Err(invalid("exec command: the executable is empty".into()))
+        }
+        Some(_) => {}
+    }
     no_nul_all("cmd", cmd)
 }
 
@@ -472,6 +479,8 @@ mod tests {
         refused(&c, "log_path");
         assert!(exec_cmd(&["ls".into(), "\0".into()]).is_err());
         exec_cmd(&["ls".into()]).unwrap();
+        assert!(exec_cmd(&[]).is_err());
+        assert!(exec_cmd(&[String::new()]).is_err());
     }
 
     #[test]

@@ -12,9 +12,6 @@ pub async fn exec(daemon: &Ctx, mut req: ExecRequest) -> Result<ExecResponse> {
     if req.container_id.is_empty() {
         return Err(Error::InvalidArgument("container_id is required".into()));
     }
-    if req.cmd.is_empty() {
-        return Err(Error::InvalidArgument("exec command is required".into()));
-    }
     crate::container::validate::exec_cmd(&req.cmd)?;
     check_streams(req.stdin, req.stdout, req.stderr, req.tty)?;
     let rec = daemon.containers()?.running(&req.container_id).await?;
