@@ -121,7 +121,7 @@ pub async fn truth_violations(d: &Daemon) -> Vec<String> {
         let id = &c.id[..12];
         match cri::ContainerState::try_from(st.state) {
             Ok(cri::ContainerState::ContainerRunning) => {
-                if !alive(pid) {
+                if !sweep::alive(pid) {
                     out.push(format!("{id} is Running but its pid {pid} is gone"));
                 }
                 if runtime.as_deref() != Some("running") {
@@ -134,7 +134,7 @@ pub async fn truth_violations(d: &Daemon) -> Vec<String> {
                 }
             }
             Ok(cri::ContainerState::ContainerExited) => {
-                if alive(pid) && runtime.as_deref() == Some("running") {
+                if sweep::alive(pid) && runtime.as_deref() == Some("running") {
                     out.push(format!("{id} is Exited but runs (pid {pid})"));
                 }
             }
@@ -171,13 +171,6 @@ pub async fn truth_violations(d: &Daemon) -> Vec<String> {
         }
     }
     out
-}
-
-fn alive(pid: u32) -> bool {
-    pid != 0
-        && std::fs::read_to_string(format!("/proc/{pid}/stat"))
-            .map(|s| !s.contains(") Z ") && !s.contains(") X "))
-            .unwrap_or(false)
 }
 
 /// `<handler> state <id>`'s status, under the instance's runtime root.

@@ -241,6 +241,26 @@ pub fn mounts_under(dir: &Path) -> usize {
         .count()
 }
 
+/// A chained CNI plugin whose ADD touches `<dir>/started`, then holds until `<dir>/release`
+/// exists (at most 20 s): an RPC that stays in flight for as long as the test wants.
+pub fn gate_plugin(dir: &Path) -> String {
+    let script = format!(
+        "#!/bin/sh\nset -e\ninput=$(cat)\n\
+         if [ \"$CNI_COMMAND\" = ADD ]; then\n\
+           touch {dir}/started\n\
+           i=0\n\
+           while [ ! -e {dir}/release ] && [ $i -lt 400 ]; do sleep 0.05; i=$((i+1)); done\n\
+           printf '%s' \"$input\" | jq -c .prevResult\n\
+         fi\n",
+        dir = dir.display()
+    );
+    let path = dir.join("crius-gate");
+    std::fs::write(&path, script).expect("write the gate plugin");
+    std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+        .expect("make the gate plugin executable");
+    r#"{"type":"crius-gate"}"#.to_string()
+}
+
 #[cfg(test)]
 mod tests {
     use super::iptables_args;

@@ -47,8 +47,20 @@ pub fn monitors(runroot: &Path) -> Vec<Process> {
     })
 }
 
-fn kill(pid: i32) {
-    // SAFETY: kill(2) has no memory effects; `pid` was read from /proc and is positive.
+/// Live (not a zombie) process `pid`.
+pub fn alive(pid: u32) -> bool {
+    pid != 0
+        && std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .map(|s| !s.contains(") Z ") && !s.contains(") X "))
+            .unwrap_or(false)
+}
+
+/// SIGKILL to `pid` (never to a group: 0 and negative pids are ignored).
+pub fn kill(pid: i32) {
+    if pid <= 0 {
+        return;
+    }
+    // SAFETY: kill(2) has no memory effects.
     #[allow(unsafe_code)]
     unsafe {
         libc::kill(pid, libc::SIGKILL);

@@ -3,8 +3,6 @@
 
 #![allow(clippy::unwrap_used)] // Tests fail by panicking.
 
-use std::os::unix::fs::PermissionsExt;
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use crius_e2e::daemon::{metric_value, Daemon, Options};
@@ -523,25 +521,6 @@ async fn sigterm_exits_zero_quickly_and_removes_the_socket() {
     assert!(!d.paths.socket.exists());
 }
 
-/// A chained CNI plugin whose ADD touches `<dir>/started`, then holds until `<dir>/release`
-/// exists (at most 20 s): an RPC that stays in flight for as long as the test wants.
-fn gate_plugin(dir: &Path) -> String {
-    let script = format!(
-        "#!/bin/sh\nset -e\ninput=$(cat)\n\
-         if [ \"$CNI_COMMAND\" = ADD ]; then\n\
-           touch {dir}/started\n\
-           i=0\n\
-           while [ ! -e {dir}/release ] && [ $i -lt 400 ]; do sleep 0.05; i=$((i+1)); done\n\
-           printf '%s' \"$input\" | jq -c .prevResult\n\
-         fi\n",
-        dir = dir.display()
-    );
-    let path = dir.join("crius-gate");
-    std::fs::write(&path, script).unwrap();
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
-    r#"{"type":"crius-gate"}"#.to_string()
-}
-
 #[tokio::test]
 async fn sigterm_lets_an_in_flight_rpc_finish_and_refuses_new_connections() {
     let net = TestNetwork::new();
@@ -554,7 +533,10 @@ async fn sigterm_lets_an_in_flight_rpc_finish_and_refuses_new_connections() {
         ..Options::default()
     })
     .await;
-    net.install(&d.paths.cni_conf_dir, &[&gate_plugin(bin.path())]);
+    net.install(
+        &d.paths.cni_conf_dir,
+        &[&crius_e2e::network::gate_plugin(bin.path())],
+    );
 
     let mut rt = d.runtime().await;
     let in_flight = tokio::spawn(async move { rt.run_pod_sandbox(pods::pod("slow")).await });

@@ -3,8 +3,7 @@
 //! simulated reboot, and a daemon killed in the middle of RunPodSandbox.
 #![allow(clippy::unwrap_used)]
 
-use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -170,20 +169,6 @@ impl Env {
     }
 }
 
-fn alive(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .map(|s| !s.contains(") Z ") && !s.contains(") X "))
-        .unwrap_or(false)
-}
-
-fn kill9(pid: u32) {
-    // SAFETY: kill(2) has no memory effects.
-    #[allow(unsafe_code)]
-    unsafe {
-        libc::kill(pid as i32, libc::SIGKILL);
-    }
-}
-
 async fn until(what: &str, timeout: Duration, mut ok: impl FnMut() -> bool) {
     let deadline = Instant::now() + timeout;
     while !ok() {
@@ -204,9 +189,9 @@ async fn a_killed_monitor_leaves_its_container_running_until_it_is_stopped() {
             info["pid"].as_u64().unwrap() as u32,
             info["monitorPid"].as_u64().unwrap() as u32,
         );
-        kill9(monitor);
+        sweep::kill(monitor as i32);
         until("the monitor to die", Duration::from_secs(10), || {
-            !alive(monitor)
+            !sweep::alive(monitor)
         })
         .await;
         // Reported running while it runs, with a message saying what happened.
@@ -220,7 +205,7 @@ async fn a_killed_monitor_leaves_its_container_running_until_it_is_stopped() {
             assert!(st.message.contains("monitor"), "{handler}: {st:?}");
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        assert!(alive(pid));
+        assert!(sweep::alive(pid));
         let listed = env
             .b
             .d
@@ -246,7 +231,7 @@ async fn a_killed_monitor_leaves_its_container_running_until_it_is_stopped() {
             .await
             .unwrap();
         assert!(
-            !alive(pid),
+            !sweep::alive(pid),
             "{handler}: StopContainer left the container running"
         );
         let (st, _) = env.status(&id).await;
@@ -263,9 +248,9 @@ async fn a_killed_monitor_leaves_its_container_running_until_it_is_stopped() {
         env.start(&id).await;
         let (_, info) = env.status(&id).await;
         let monitor = info["monitorPid"].as_u64().unwrap() as u32;
-        kill9(monitor);
+        sweep::kill(monitor as i32);
         until("the monitor to die", Duration::from_secs(10), || {
-            !alive(monitor)
+            !sweep::alive(monitor)
         })
         .await;
         let (st, _) = env.status(&id).await;
@@ -472,25 +457,6 @@ async fn after_a_simulated_reboot_everything_is_not_ready_and_removable() {
     }
 }
 
-/// A chained CNI plugin whose ADD touches `<dir>/started`, then holds until `<dir>/release`
-/// exists (at most 20 s).
-fn gate_plugin(dir: &Path) -> String {
-    let script = format!(
-        "#!/bin/sh\nset -e\ninput=$(cat)\n\
-         if [ \"$CNI_COMMAND\" = ADD ]; then\n\
-           touch {dir}/started\n\
-           i=0\n\
-           while [ ! -e {dir}/release ] && [ $i -lt 400 ]; do sleep 0.05; i=$((i+1)); done\n\
-           printf '%s' \"$input\" | jq -c .prevResult\n\
-         fi\n",
-        dir = dir.display()
-    );
-    let path = dir.join("crius-gate");
-    std::fs::write(&path, script).unwrap();
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
-    r#"{"type":"crius-gate"}"#.to_string()
-}
-
 /// The cgroup directories of `path` that exist, in any hierarchy.
 fn cgroup_dirs(path: &str) -> Vec<PathBuf> {
     TestCgroup::hierarchies()
@@ -511,9 +477,10 @@ async fn a_daemon_killed_in_run_pod_sandbox_leaves_no_cgroup_after_retry_and_rem
         ..Options::default()
     })
     .await;
-    env.b
-        .net
-        .install(&env.b.d.paths.cni_conf_dir, &[&gate_plugin(bin.path())]);
+    env.b.net.install(
+        &env.b.d.paths.cni_conf_dir,
+        &[&network::gate_plugin(bin.path())],
+    );
     let cg = TestCgroup::new("killrun");
     let parent = cg.child("pod");
     let mut req = env.pod_req("killed", "");
