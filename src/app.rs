@@ -90,6 +90,7 @@ pub async fn run(
         }
     });
 
+    let settling = daemon.clone();
     let service = CriService::new(daemon, streaming);
     let mut drained = stop_rx.clone();
     // Any :authority is accepted on the unix socket (grpc C-core sends the socket path).
@@ -104,7 +105,7 @@ pub async fn run(
         });
     tokio::pin!(server);
     let mut grace = stop_rx;
-    tokio::select! {
+    let served = tokio::select! {
         result = &mut server => result,
         _ = async {
             crate::metrics::stopped(&mut grace).await;
@@ -113,5 +114,10 @@ pub async fn run(
             tracing::warn!(grace_ms = SHUTDOWN_GRACE.as_millis() as u64, "grace period over; exiting with RPCs in flight");
             Ok(())
         }
+    };
+    // Removed containers' teardowns finish too (what is left is cleaned up at the next start).
+    if tokio::time::timeout(SHUTDOWN_GRACE, settling.settle()).await.is_err() {
+        tracing::warn!("container teardowns still running at exit; the next start finishes them");
     }
+    served
 }

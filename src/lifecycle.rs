@@ -126,6 +126,13 @@ impl Daemon {
         .map_err(join_err)?
     }
 
+    /// Waits for removed containers' teardowns (a graceful shutdown lets them finish).
+    pub async fn settle(&self) {
+        if let Ok(containers) = self.containers() {
+            containers.wait_teardowns(None).await;
+        }
+    }
+
     /// RemoveImage, refused while a container uses the image or is being created from it.
     pub async fn remove_image(&self, query: &str) -> Result<()> {
         let images = self.images()?.clone();
@@ -141,6 +148,8 @@ impl Daemon {
             if let Some(container) = containers.image_in_use(&image.id) {
                 return Err(crate::image::ImageError::InUse(query, container).into());
             }
+            // Removed containers' rootfs mounts of its layers are gone first.
+            containers.wait_teardowns(None).await;
             images.remove(&query).await?;
             Ok(())
         })

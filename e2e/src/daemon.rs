@@ -35,6 +35,22 @@ pub fn crius_bin() -> PathBuf {
 }
 
 /// A free TCP port on loopback (released before use; callers retry on a clash).
+/// Whether `crun` is on `PATH` (then it is the daemon's default handler, unless configured).
+pub fn crun_installed() -> bool {
+    std::env::var_os("PATH").is_some_and(|path| {
+        std::env::split_paths(&path).any(|dir| dir.join("crun").is_file())
+    })
+}
+
+/// The handler of pods that name none, with the default config: `crun` when installed.
+pub fn default_handler() -> &'static str {
+    if crun_installed() {
+        "crun"
+    } else {
+        "runc"
+    }
+}
+
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())

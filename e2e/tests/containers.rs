@@ -1883,7 +1883,7 @@ async fn list_filters_status_fields_and_metrics() {
     let pid = info["pid"].as_u64().unwrap() as u32;
     assert_eq!(cmdline(pid).trim(), "sleep 1000", "pid {pid}");
     assert_eq!(info["sandboxID"], pod.0.as_str());
-    assert_eq!(info["runtimeHandler"], "runc");
+    assert_eq!(info["runtimeHandler"], crius_e2e::daemon::default_handler());
     let spec = &info["runtimeSpec"];
     assert_eq!(
         spec["process"]["args"],

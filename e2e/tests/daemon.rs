@@ -157,18 +157,37 @@ async fn status_lists_the_default_handler_under_the_empty_name_with_its_features
         features.keys().map(String::as_str).collect::<Vec<_>>(),
         ["", "crun", "runc"]
     );
-    assert_eq!(features[""], features["runc"], "{features:?}");
+    // Unconfigured, the default handler is crun (installed here), as in CRI-O.
+    assert!(crius_e2e::daemon::crun_installed(), "make deps-test installs crun");
+    assert_eq!(features[""], features["crun"], "{features:?}");
     drop(d);
 
     // The empty name follows `default_handler`: runc reports rro, crun 1.8.1 does not.
     let d = Daemon::start_with(Options {
-        extra_config: "[runtime]\ndefault_handler = \"crun\"\n".into(),
+        extra_config: "[runtime]\ndefault_handler = \"runc\"\n".into(),
         ..Options::default()
     })
     .await;
     let features = handler_features(&d).await;
-    assert_eq!(features[""], features["crun"], "{features:?}");
+    assert_eq!(features[""], features["runc"], "{features:?}");
     assert_ne!(features["crun"], features["runc"], "{features:?}");
+
+    // crun not installed (its handler's binary missing): runc.
+    let d2 = Daemon::start_with(Options {
+        extra_config: "[runtime.handlers.crun]\npath = \"/nonexistent/crun\"\n".into(),
+        ..Options::default()
+    })
+    .await;
+    let status = d2
+        .runtime()
+        .await
+        .status(cri::StatusRequest { verbose: true })
+        .await
+        .unwrap()
+        .into_inner();
+    let config: serde_json::Value = serde_json::from_str(&status.info["config"]).unwrap();
+    assert_eq!(config["runtime"]["default_handler"], "runc", "{config}");
+    drop(d);
 }
 
 /// Issue 11 item 5: grpc C-core clients (Python grpcio, Ruby, C++, C#) send the socket path,

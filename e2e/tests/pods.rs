@@ -134,7 +134,10 @@ async fn pods_get_ips_reach_each_other_and_a_host_port() {
         (meta.name.as_str(), meta.namespace.as_str()),
         ("web", "e2e")
     );
-    assert_eq!(a_status.runtime_handler, "runc");
+    assert_eq!(
+        a_status.runtime_handler,
+        crius_e2e::daemon::default_handler()
+    );
     assert!(a_status.created_at > 0);
     assert_eq!(a_info["network"], net.name);
     assert!(a_info["cniResult"]["ips"].is_array(), "{a_info}");

@@ -104,7 +104,8 @@ pub struct StateConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RuntimeConfig {
-    /// Handler used when a pod names none.
+    /// Handler used when a pod names none; empty (the default): `crun` when that handler is
+    /// configured and its binary is installed, else `runc` (CRI-O's choice), decided at load.
     pub default_handler: String,
     pub cgroup_driver: CgroupDriver,
     /// RuntimeClass handlers by name.
@@ -277,7 +278,7 @@ impl Default for RuntimeConfig {
             )
         };
         RuntimeConfig {
-            default_handler: "runc".into(),
+            default_handler: String::new(),
             cgroup_driver: CgroupDriver::Cgroupfs,
             handlers: [handler("runc"), handler("crun")].into_iter().collect(),
             monitor_path: PathBuf::from("crius-conmon"),
@@ -584,6 +585,8 @@ pub fn load(sources: &Sources) -> Result<Config, ConfigError> {
                 message: e.into_inner().to_string(),
             }
         })?;
+    let mut config = config;
+    config.runtime.pick_default_handler();
     config
         .validate()
         .map_err(|(key, message)| ConfigError::Invalid {
@@ -592,6 +595,21 @@ pub fn load(sources: &Sources) -> Result<Config, ConfigError> {
             message,
         })?;
     Ok(config)
+}
+
+impl RuntimeConfig {
+    /// Fills an empty `default_handler`: `crun` when configured and installed (faster to start
+    /// containers and execs), else `runc`. Blocking (looks on `PATH`).
+    pub fn pick_default_handler(&mut self) {
+        if !self.default_handler.is_empty() {
+            return;
+        }
+        let crun_installed = self
+            .handlers
+            .get("crun")
+            .is_some_and(|h| crate::runtime::find_binary(&h.path).is_some());
+        self.default_handler = if crun_installed { "crun" } else { "runc" }.into();
+    }
 }
 
 impl Config {

@@ -38,12 +38,38 @@ impl Env {
 #[test]
 fn no_files_gives_defaults() {
     let env = Env::new();
-    assert_eq!(env.load().unwrap(), Config::default());
+    let mut defaults = Config::default();
+    defaults.runtime.pick_default_handler();
+    assert_eq!(env.load().unwrap(), defaults);
+}
+
+#[test]
+fn an_empty_default_handler_picks_crun_when_installed_else_runc() {
+    let mut runtime = RuntimeConfig::default();
+    assert_eq!(runtime.default_handler, "");
+    runtime.handlers.get_mut("crun").unwrap().path = "/nonexistent/crun".into();
+    runtime.pick_default_handler();
+    assert_eq!(runtime.default_handler, "runc");
+
+    let mut runtime = RuntimeConfig::default();
+    runtime.handlers.get_mut("crun").unwrap().path = "/bin/sh".into();
+    runtime.pick_default_handler();
+    assert_eq!(runtime.default_handler, "crun");
+
+    // Configured: kept, installed or not.
+    let mut runtime = RuntimeConfig {
+        default_handler: "runc".into(),
+        ..RuntimeConfig::default()
+    };
+    runtime.handlers.get_mut("crun").unwrap().path = "/bin/sh".into();
+    runtime.pick_default_handler();
+    assert_eq!(runtime.default_handler, "runc");
 }
 
 #[test]
 fn defaults_are_valid_and_round_trip_through_toml() {
-    let cfg = Config::default();
+    let mut cfg = Config::default();
+    cfg.runtime.pick_default_handler();
     cfg.validate().unwrap();
     let text = cfg.to_toml();
     let back: Config = toml::from_str(&text).unwrap();

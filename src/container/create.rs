@@ -121,6 +121,17 @@ impl Containers {
         }
         let id = new_id()?;
         let meta = config.metadata.clone().unwrap_or_default();
+        // Where the time goes, logged with "container created".
+        let t0 = Instant::now();
+        let mut phases = [0u128; 5];
+        let mut lap = {
+            let mut last = t0;
+            move |slot: &mut u128| {
+                let now = Instant::now();
+                *slot = now.duration_since(last).as_micros();
+                last = now;
+            }
+        };
 
         // Directories: bundle, monitor dir (short), storage.
         let bundle = self.settings.bundles_dir.join(&id);
@@ -140,6 +151,7 @@ impl Containers {
             });
         }
 
+        lap(&mut phases[0]);
         // Rootfs. In a pod user namespace the layers (and the volumes, below) are idmapped
         // clones, staged until the runtime has made its own mounts of them.
         let lowers = self.images.store.lower_dirs(image);
@@ -242,6 +254,7 @@ impl Containers {
             });
         }
 
+        lap(&mut phases[1]);
         // The OCI spec.
         for m in &spec_config.mounts {
             if !Path::new(&m.host_path).exists() {
@@ -346,6 +359,7 @@ impl Containers {
             }
         }
 
+        lap(&mut phases[2]);
         // Create through the monitor.
         let created = runtime
             .create(&CreateRequest {
@@ -358,6 +372,7 @@ impl Containers {
                 stdin_once: config.stdin_once,
             })
             .map_err(|e| Error::Internal(e.to_string()))?;
+        lap(&mut phases[3]);
         // The runtime has its own mounts of the staged ones now.
         drop(staging);
         {
@@ -425,7 +440,15 @@ impl Containers {
             image_volumes,
         };
         let stored = self.records.put(&id, rec)?;
-        tracing::info!(container_id = %id, pod_id = %pod.id, pid = created.pid, "container created");
+        lap(&mut phases[4]);
+        let [dirs_us, rootfs_us, spec_us, runtime_create_us, record_us] = phases;
+        tracing::info!(
+            container_id = %id, pod_id = %pod.id, pid = created.pid,
+            total_us = t0.elapsed().as_micros() as u64,
+            dirs_us = dirs_us as u64, rootfs_us = rootfs_us as u64, spec_us = spec_us as u64,
+            runtime_create_us = runtime_create_us as u64, record_us = record_us as u64,
+            "container created"
+        );
         Ok(stored)
     }
 

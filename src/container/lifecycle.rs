@@ -30,7 +30,9 @@ impl Containers {
                     _ => return Err(e.into()),
                 }
             }
+            let runtime_start_us = started.elapsed().as_micros() as u64;
             this.mark_started(&rec.id)?;
+            tracing::debug!(container_id = %rec.id, runtime_start_us, total_us = started.elapsed().as_micros() as u64, "start timing");
             Ok::<_, Error>(())
         })
         .await
@@ -128,6 +130,14 @@ impl Containers {
     }
 
     /// RemoveContainer: kills a running container first; missing containers succeed.
+    ///
+    /// The answer comes once the record is gone (the container is then removed for every
+    /// client); the runtime's delete, the rootfs unmount and the directories are torn down
+    /// right after, off the answer's path ([`Containers::teardown_blocking`]). What depends on
+    /// that teardown waits for it: RemovePodSandbox (the pod's cgroup) and RemoveImage (the
+    /// layers under the rootfs), through [`Containers::wait_teardowns`]. A daemon killed before
+    /// a teardown finished leaves a bundle without a record, which the next start cleans up
+    /// ([`Containers::clean_orphans`]).
     pub async fn remove(self: &Arc<Self>, id: &str) -> Result<()> {
         let rec = match self.resolve(id) {
             Ok(rec) => rec,
@@ -137,42 +147,98 @@ impl Containers {
         let _held = self.locks.lock(&rec.id).await;
         let this = self.clone();
         let id = rec.id.clone();
-        tokio::task::spawn_blocking(move || {
+        let removed = tokio::task::spawn_blocking(move || {
             this.stop_blocking(&id, Duration::ZERO)?;
-            this.remove_blocking(&id)
+            this.forget_blocking(&id)
         })
         .await
         .map_err(join_err)??;
+        if let Some(rec) = removed {
+            self.teardown_in_background(rec);
+        }
         self.update_gauge();
         Ok(())
     }
 
-    pub(super) fn remove_blocking(&self, id: &str) -> Result<()> {
+    /// Removes the record, the name and the samples of a stopped container and publishes its
+    /// removal; the node's side is [`Containers::teardown_blocking`]'s job. `None`: no record.
+    fn forget_blocking(&self, id: &str) -> Result<Option<Arc<ContainerRecord>>> {
         let Some(rec) = self.records.get(id) else {
-            return Ok(());
+            return Ok(None);
         };
-        let runtime = self.runtime(&rec.runtime_handler)?.clone();
-        runtime.delete(id).map_err(Error::from)?;
-        if monitor_alive(&rec) {
-            kill_pid(rec.monitor_pid);
-        }
-        rootfs::unmount(&rec.rootfs()).map_err(io_err("unmount", &rec.rootfs()))?;
-        rootfs::unmount_children(&rec.volumes_dir())
-            .map_err(io_err("unmount image volumes under", &rec.volumes_dir()))?;
-        for dir in [&rec.bundle, &rec.monitor_dir, &rec.storage] {
-            match std::fs::remove_dir_all(dir) {
-                Ok(()) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => return Err(io_err("remove", dir)(e)),
-            }
-        }
+        // Refuse before anything is removed when the handler is not configured any more.
+        self.runtime(&rec.runtime_handler)?;
         self.records.remove(id)?;
         lock(&self.names).remove(&rec.name_key());
         lock(&self.signalled).remove(id);
         self.forget_samples(id);
         tracing::info!(container_id = %id, "container removed");
         self.publish(&rec, EventKind::Deleted);
+        Ok(Some(rec))
+    }
+
+    /// Tears a removed container down on the blocking pool, registered so that what depends on
+    /// it can wait ([`Containers::wait_teardowns`]).
+    fn teardown_in_background(self: &Arc<Self>, rec: Arc<ContainerRecord>) {
+        let (done, rx) = tokio::sync::watch::channel(false);
+        lock(&self.teardowns).insert(
+            rec.id.clone(),
+            Teardown {
+                pod_id: rec.pod_id.clone(),
+                done: rx,
+            },
+        );
+        let this = self.clone();
+        let span = tracing::Span::current();
+        tokio::task::spawn_blocking(move || {
+            let _entered = span.enter();
+            let started = Instant::now();
+            match this.teardown_blocking(&rec) {
+                Ok(()) => {
+                    tracing::debug!(container_id = %rec.id, elapsed_ms = started.elapsed().as_millis() as u64, "container torn down")
+                }
+                Err(e) => {
+                    tracing::warn!(container_id = %rec.id, error = %e, "container teardown failed; the next start retries it")
+                }
+            }
+            lock(&this.teardowns).remove(&rec.id);
+            let _ = done.send(true);
+        });
+    }
+
+    /// The node's side of a removed container: the runtime's state, a monitor still there, the
+    /// rootfs and image volume mounts, then the storage, monitor and bundle dirs — the bundle
+    /// last, as it is what [`Containers::clean_orphans`] finds an unfinished teardown by.
+    pub(super) fn teardown_blocking(&self, rec: &ContainerRecord) -> Result<()> {
+        let runtime = self.runtime(&rec.runtime_handler)?.clone();
+        runtime.delete(&rec.id).map_err(Error::from)?;
+        if monitor_alive(rec) {
+            kill_pid(rec.monitor_pid);
+        }
+        rootfs::unmount(&rec.rootfs()).map_err(io_err("unmount", &rec.rootfs()))?;
+        rootfs::unmount_children(&rec.volumes_dir())
+            .map_err(io_err("unmount image volumes under", &rec.volumes_dir()))?;
+        for dir in [&rec.storage, &rec.monitor_dir, &rec.bundle] {
+            match std::fs::remove_dir_all(dir) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(io_err("remove", dir)(e)),
+            }
+        }
         Ok(())
+    }
+
+    /// Waits until the teardowns of removed containers (of `pod_id`, or all) have finished.
+    pub async fn wait_teardowns(&self, pod_id: Option<&str>) {
+        let pending: Vec<tokio::sync::watch::Receiver<bool>> = lock(&self.teardowns)
+            .values()
+            .filter(|t| pod_id.is_none_or(|p| t.pod_id == p))
+            .map(|t| t.done.clone())
+            .collect();
+        for mut done in pending {
+            // A dropped sender (a panicked task) ends the wait as well.
+            let _ = done.wait_for(|d| *d).await;
+        }
     }
 
     /// Stops every container of a pod (StopPodSandbox).
@@ -184,10 +250,12 @@ impl Containers {
     }
 
     /// Removes every container of a pod (RemovePodSandbox).
+    /// Returns once their teardowns are done too (the pod's cgroup is removed next).
     pub async fn remove_pod(self: &Arc<Self>, pod_id: &str) -> Result<()> {
         for id in self.in_pod(pod_id) {
             self.remove(&id).await?;
         }
+        self.wait_teardowns(Some(pod_id)).await;
         Ok(())
     }
 

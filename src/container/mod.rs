@@ -110,6 +110,15 @@ pub struct Containers {
     cpu_samples: Mutex<HashMap<String, (i64, u64)>>,
     /// Every pod's figures for ListPodSandboxMetrics.
     metrics_snapshot: stats::MetricsSnapshot,
+    /// Removed containers whose teardown is still running, by id.
+    teardowns: Mutex<HashMap<String, Teardown>>,
+}
+
+/// A removed container's teardown in progress.
+struct Teardown {
+    pod_id: String,
+    /// Becomes `true` when the teardown ended (done or failed).
+    done: tokio::sync::watch::Receiver<bool>,
 }
 
 /// Upgrades a version 1 record (config and resources as base64 protobuf) to typed fields.
@@ -191,6 +200,7 @@ impl Containers {
             locks: KeyedLocks::default(),
             cpu_samples: Mutex::new(HashMap::new()),
             metrics_snapshot: stats::MetricsSnapshot::default(),
+            teardowns: Mutex::new(HashMap::new()),
         });
         for (id, rec) in this.records.list() {
             match upgrade_record(&rec) {
@@ -261,7 +271,8 @@ impl Containers {
                 tracing::warn!(container_id = %id, error = %e, "unmount orphan rootfs or image volumes");
                 continue;
             }
-            for dir in [&bundle, &monitor_dir, &self.settings.storage_dir.join(&id)] {
+            // The bundle last: it is how an unfinished cleanup is found again.
+            for dir in [&self.settings.storage_dir.join(&id), &monitor_dir, &bundle] {
                 if let Err(e) = std::fs::remove_dir_all(dir) {
                     if e.kind() != std::io::ErrorKind::NotFound {
                         tracing::warn!(container_id = %id, error = %e, path = %dir.display(), "remove orphan dir");

@@ -363,8 +363,15 @@ fn add_limits(l: &mut Limits, r: &cri::LinuxContainerResources) {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
+
+    /// The defaults with the default handler decided (`runc`), as `config::load` does.
+    pub(crate) fn runc_default() -> Config {
+        let mut config = Config::default();
+        config.runtime.default_handler = "runc".into();
+        config
+    }
 
     fn request() -> cri::RunPodSandboxRequest {
         cri::RunPodSandboxRequest {
@@ -383,7 +390,7 @@ mod tests {
     }
 
     fn err_of(req: &cri::RunPodSandboxRequest) -> String {
-        match pod_spec(req, &Config::default()) {
+        match pod_spec(req, &runc_default()) {
             Err(Error::InvalidArgument(m)) => m,
             other => panic!("expected InvalidArgument, got {other:?}"),
         }
@@ -391,7 +398,7 @@ mod tests {
 
     #[test]
     fn defaults_fill_handler_and_key() {
-        let spec = pod_spec(&request(), &Config::default()).unwrap();
+        let spec = pod_spec(&request(), &runc_default()).unwrap();
         assert_eq!(spec.runtime_handler, "runc");
         assert_eq!(spec.name_key(), "web_default_u1_1");
         assert_eq!(spec.namespaces.network, NsMode::Pod);
@@ -517,7 +524,7 @@ mod tests {
                 host_ip: "127.0.0.1".into(),
             },
         ];
-        let spec = pod_spec(&r, &Config::default()).unwrap();
+        let spec = pod_spec(&r, &runc_default()).unwrap();
         assert_eq!(spec.limits.memory_limit_in_bytes, 120);
         assert_eq!(spec.limits.cpu_shares, 514);
         assert_eq!(spec.port_mappings.len(), 1);
@@ -560,14 +567,14 @@ mod tests {
         let kubelet = vec![(0, 65536, 65536)];
         let spec = pod_spec(
             &with_userns(kubelet.clone(), kubelet.clone()),
-            &Config::default(),
+            &runc_default(),
         )
         .unwrap();
         let userns = spec.user_namespace.unwrap();
         assert_eq!(userns.host_root(), (65536, 65536));
         assert_eq!(UserNamespace::args(&userns.uids), ["0:65536:65536"]);
         // POD without mappings is an older kubelet: the host's user namespace.
-        let spec = pod_spec(&with_userns(vec![], vec![]), &Config::default()).unwrap();
+        let spec = pod_spec(&with_userns(vec![], vec![]), &runc_default()).unwrap();
         assert!(spec.user_namespace.is_none());
 
         for (uids, want) in [

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use super::network::fake::FakeNetwork;
 use super::*;
-use crate::config::Config;
+use super::spec::tests::runc_default;
 
 fn is_root() -> bool {
     rustix::process::geteuid().is_root()
@@ -58,7 +58,7 @@ fn spec(name: &str) -> PodSpec {
         }),
         runtime_handler: String::new(),
     };
-    spec::pod_spec(&req, &Config::default()).unwrap()
+    spec::pod_spec(&req, &runc_default()).unwrap()
 }
 
 #[tokio::test]

@@ -153,7 +153,8 @@ impl Peer {
     }
 }
 
-/// Starts crius (`bin`) on private dirs; log level warn, as a node would run it.
+/// Starts crius (`bin`) on private dirs; log level warn, as a node would run it
+/// (`CRIUS_BENCH_LOG_LEVEL` overrides it).
 pub async fn crius(bin: &Path, images: &Images) -> Result<Peer> {
     let dir = tempfile::Builder::new()
         .prefix("crius-bench-crius-")
@@ -168,12 +169,14 @@ pub async fn crius(bin: &Path, images: &Images) -> Result<Peer> {
         d.join("crius.toml"),
         format!(
             "[api]\nlisten = {socket:?}\n[state]\nroot = {:?}\nrunroot = {:?}\n[network]\nconf_dir = {:?}\n\
-             [metrics]\naddress = \"127.0.0.1:{}\"\n[log]\nlevel = \"warn\"\n\
+             [metrics]\naddress = \"127.0.0.1:{}\"\n[log]\nlevel = {:?}\n\
              [image.registries.\"{}\"]\ninsecure = true\n",
             d.join("root"),
             d.join("run"),
             d.join("net.d"),
             crius_e2e::daemon::free_port(),
+            // A breakdown needs more (e.g. `info` for create's phases, with CRIUS_BENCH_KEEP=1).
+            std::env::var("CRIUS_BENCH_LOG_LEVEL").unwrap_or_else(|_| "warn".into()),
             images.registry,
         ),
     )?;
