@@ -4,13 +4,18 @@
 //! threshold"), so after one 16 MiB ExecSync output every later buffer of that size comes from
 //! the heap, and freed heap memory below the top is never returned: the daemon stayed ~35 MB
 //! larger after a single 100 MB ExecSync. A fixed threshold keeps every buffer of 128 KiB or
-//! more in its own mapping, unmapped when freed; a fixed trim threshold returns freed heap tops.
+//! more in its own mapping, unmapped when freed; a fixed trim threshold returns freed heap tops;
+//! a small arena count keeps bursts of blocking-pool threads from each keeping their own heap.
 //! Must be called before the runtime's threads start. No-op on other C libraries.
 
 /// Blocks at least this large get their own mapping (glibc's initial default, now fixed).
 pub const MMAP_THRESHOLD: i32 = 128 * 1024;
 /// Free memory at the top of a heap beyond this is returned to the kernel.
 pub const TRIM_THRESHOLD: i32 = 1024 * 1024;
+/// At most this many malloc arenas: glibc's default (8 per core) gives each blocking-pool
+/// thread that ever ran into contention an arena of its own, whose freed memory stays resident
+/// after a burst of parallel RPCs.
+pub const ARENA_MAX: i32 = 2;
 
 /// Fixes glibc's mmap and trim thresholds (see the module doc).
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
@@ -20,6 +25,7 @@ pub fn tune_allocator() {
     unsafe {
         libc::mallopt(libc::M_MMAP_THRESHOLD, MMAP_THRESHOLD);
         libc::mallopt(libc::M_TRIM_THRESHOLD, TRIM_THRESHOLD);
+        libc::mallopt(libc::M_ARENA_MAX, ARENA_MAX);
     }
 }
 

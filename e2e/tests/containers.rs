@@ -1518,7 +1518,14 @@ async fn dropping_the_daemon_leaves_nothing(kill_first: bool, marker: &str) {
     let dir = env.d.dir().to_path_buf();
     let runroot = env.d.paths.runroot.clone();
     let net_name = env._net.name.clone();
-    let running = sleepers(marker);
+    // The runtime's start returns once the init was told to exec (crun: before the exec is
+    // done): wait for the command to show.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut running = sleepers(marker);
+    while running.is_empty() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        running = sleepers(marker);
+    }
     assert_eq!(running.len(), 1, "the container is not running");
     let cgroup = memory_cgroup(running[0].pid);
     assert!(cgroup.exists(), "{}", cgroup.display());

@@ -1,6 +1,7 @@
-//! The OCI runtime floor: bare `<runtime> create` + `<runtime> start` (and `delete --force`)
-//! of one bundle, no CRI in between. Create+start of any CRI runtime cannot be faster than
-//! this, so the table shows each endpoint's overhead over it.
+//! The OCI runtime floor: bare `<runtime> create` + `<runtime> start`, `<runtime> exec` of a
+//! command (`true`) and `delete --force` of one bundle, no CRI in between. Create+start and
+//! ExecSync of any CRI runtime using that OCI runtime cannot be faster than this, so the table
+//! shows each endpoint's overhead over it.
 //!
 //! The bundle's `config.json` is copied per container with its `root.path` made absolute and
 //! its `cgroupsPath` moved under `/crius-bench/`; the rootfs is shared read-only-by-convention.
@@ -42,14 +43,14 @@ pub fn run(bundle: &Path, runtimes: &[String], iterations: usize, report: &mut R
             report.note(format!("floor: {r} not installed; skipped"));
         }
     }
-    let mut samples: Vec<(Vec<Duration>, Vec<Duration>)> =
-        live.iter().map(|_| Default::default()).collect();
+    let mut samples: Vec<[Vec<Duration>; 3]> = live.iter().map(|_| Default::default()).collect();
     'outer: for i in 0..iterations {
         for (k, r) in live.iter().enumerate() {
             match once(r, &spec, scratch.path(), i) {
-                Ok((up, gone)) => {
-                    samples[k].0.push(up);
-                    samples[k].1.push(gone);
+                Ok(times) => {
+                    for (into, t) in samples[k].iter_mut().zip(times) {
+                        into.push(t);
+                    }
                 }
                 Err(e) => {
                     report.note(format!("floor: {r}: {e:#}"));
@@ -59,21 +60,22 @@ pub fn run(bundle: &Path, runtimes: &[String], iterations: usize, report: &mut R
             }
         }
     }
-    for (r, (up, _)) in live.iter().zip(&samples) {
-        report.push(Row::new(
-            "CreateContainer+StartContainer",
-            &format!("bare {r}"),
-            up.clone(),
-            None,
-        ));
-    }
-    for (r, (_, gone)) in live.iter().zip(samples) {
-        report.push(Row::new(
-            "runtime delete --force (running)",
-            &format!("bare {r}"),
-            gone,
-            None,
-        ));
+    for (k, operation) in [
+        "CreateContainer+StartContainer",
+        "ExecSync",
+        "runtime delete --force (running)",
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        for (r, times) in live.iter().zip(&samples) {
+            report.push(Row::new(
+                operation,
+                &format!("bare {r}"),
+                times[k].clone(),
+                None,
+            ));
+        }
     }
     if let Ok(hierarchies) = std::fs::read_dir("/sys/fs/cgroup") {
         for h in hierarchies.flatten() {
@@ -105,13 +107,13 @@ fn which(runtime: &str) -> bool {
         .unwrap_or(false)
 }
 
-/// One container: (create+start, delete --force).
+/// One container: [create+start, exec of `true`, delete --force].
 fn once(
     runtime: &str,
     spec: &serde_json::Value,
     scratch: &Path,
     i: usize,
-) -> Result<(Duration, Duration)> {
+) -> Result<[Duration; 3]> {
     let id = format!("crius-bench-{}-{runtime}-{i}", std::process::id()).replace('/', "_");
     let dir = scratch.join(&id);
     std::fs::create_dir_all(&dir)?;
@@ -144,6 +146,9 @@ fn once(
     call(&["start", &id])?;
     let up = t.elapsed();
     let t = Instant::now();
+    call(&["exec", &id, "true"])?;
+    let exec = t.elapsed();
+    let t = Instant::now();
     call(&["delete", "--force", &id])?;
-    Ok((up, t.elapsed()))
+    Ok([up, exec, t.elapsed()])
 }

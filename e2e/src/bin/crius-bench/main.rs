@@ -269,6 +269,7 @@ async fn compare(
     }
     let endpoints: Vec<String> = peers.iter().map(|p| p.endpoint()).collect();
     let mut targets = connect_all(&endpoints).await?;
+    let started_rss: Vec<String> = peers.iter().map(|p| rss_kib(p.pid())).collect();
     let mut ok = workload::run(&plan, &mut targets, report).await;
     // The floor: crius's own bundle for a container of the same image and command.
     match workload::crius_bundle(&plan, &mut targets[0]).await {
@@ -281,20 +282,28 @@ async fn compare(
     for t in &targets {
         workload::sweep(&plan, t).await;
     }
-    for p in &peers {
-        let rss = std::fs::read_to_string(format!("/proc/{}/status", p.pid()))
-            .ok()
-            .and_then(|s| {
-                s.lines()
-                    .find(|l| l.starts_with("VmRSS:"))
-                    .map(|l| l.split_whitespace().nth(1).unwrap_or("?").to_owned())
-            })
-            .unwrap_or_else(|| "?".into());
-        report.note(format!("{} daemon RSS at the end: {rss} KiB", p.name));
+    for (p, at_start) in peers.iter().zip(started_rss) {
+        report.note(format!(
+            "{} daemon RSS after start: {at_start} KiB, at the end: {} KiB",
+            p.name,
+            rss_kib(p.pid())
+        ));
     }
     // Reverse order: containerd (and its shims) first.
     while let Some(p) = peers.pop() {
         drop(p);
     }
     Ok(ok)
+}
+
+/// `VmRSS` of `pid` in KiB, `?` when unreadable.
+fn rss_kib(pid: u32) -> String {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .map(|l| l.split_whitespace().nth(1).unwrap_or("?").to_owned())
+        })
+        .unwrap_or_else(|| "?".into())
 }

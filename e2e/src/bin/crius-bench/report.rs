@@ -199,23 +199,25 @@ impl Report {
 }
 
 impl Report {
-    /// Each endpoint's create+start over each bare runtime's (subjects named `bare …`), p50.
+    /// Each endpoint's create+start and ExecSync over each bare runtime's (subjects named
+    /// `bare …`), p50.
     fn over_floor(&self) -> String {
-        const OP: &str = "CreateContainer+StartContainer";
         let mut out = String::new();
-        let rows = self.rows.iter().filter(|r| r.operation == OP);
-        let (floors, endpoints): (Vec<&Row>, Vec<&Row>) =
-            rows.partition(|r| r.subject.starts_with("bare "));
-        for e in &endpoints {
-            for f in &floors {
-                if f.p50_ms > 0.0 {
-                    out.push_str(&format!(
-                        "{OP} p50, {} over {}: {:+.1} ms ({:.2}x)\n",
-                        e.subject,
-                        f.subject,
-                        e.p50_ms - f.p50_ms,
-                        e.p50_ms / f.p50_ms
-                    ));
+        for op in ["CreateContainer+StartContainer", "ExecSync"] {
+            let rows = self.rows.iter().filter(|r| r.operation == op);
+            let (floors, endpoints): (Vec<&Row>, Vec<&Row>) =
+                rows.partition(|r| r.subject.starts_with("bare "));
+            for e in &endpoints {
+                for f in &floors {
+                    if f.p50_ms > 0.0 {
+                        out.push_str(&format!(
+                            "{op} p50, {} over {}: {:+.1} ms ({:.2}x)\n",
+                            e.subject,
+                            f.subject,
+                            e.p50_ms - f.p50_ms,
+                            e.p50_ms / f.p50_ms
+                        ));
+                    }
                 }
             }
         }
