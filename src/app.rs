@@ -116,7 +116,10 @@ pub async fn run(
         }
     };
     // Removed containers' teardowns finish too (what is left is cleaned up at the next start).
-    if tokio::time::timeout(SHUTDOWN_GRACE, settling.settle()).await.is_err() {
+    if tokio::time::timeout(SHUTDOWN_GRACE, settling.settle())
+        .await
+        .is_err()
+    {
         tracing::warn!("container teardowns still running at exit; the next start finishes them");
     }
     served

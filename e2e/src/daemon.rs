@@ -37,9 +37,8 @@ pub fn crius_bin() -> PathBuf {
 /// A free TCP port on loopback (released before use; callers retry on a clash).
 /// Whether `crun` is on `PATH` (then it is the daemon's default handler, unless configured).
 pub fn crun_installed() -> bool {
-    std::env::var_os("PATH").is_some_and(|path| {
-        std::env::split_paths(&path).any(|dir| dir.join("crun").is_file())
-    })
+    std::env::var_os("PATH")
+        .is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join("crun").is_file()))
 }
 
 /// The handler of pods that name none, with the default config: `crun` when installed.

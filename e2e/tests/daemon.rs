@@ -158,7 +158,10 @@ async fn status_lists_the_default_handler_under_the_empty_name_with_its_features
         ["", "crun", "runc"]
     );
     // Unconfigured, the default handler is crun (installed here), as in CRI-O.
-    assert!(crius_e2e::daemon::crun_installed(), "make deps-test installs crun");
+    assert!(
+        crius_e2e::daemon::crun_installed(),
+        "make deps-test installs crun"
+    );
     assert_eq!(features[""], features["crun"], "{features:?}");
     drop(d);
 

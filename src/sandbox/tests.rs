@@ -4,8 +4,8 @@
 use std::sync::Arc;
 
 use super::network::fake::FakeNetwork;
-use super::*;
 use super::spec::tests::runc_default;
+use super::*;
 
 fn is_root() -> bool {
     rustix::process::geteuid().is_root()
