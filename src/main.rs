@@ -108,18 +108,40 @@ impl Cli {
     }
 }
 
-fn init_logging(cfg: &config::LogConfig) -> anyhow::Result<()> {
+/// Installs the log output and, when `[tracing] endpoint` is set, the OpenTelemetry exporter
+/// (inside the runtime: its batch processor and gRPC channel run on it). `[log] level` filters
+/// the log output only; the exported spans are the daemon's own at info and above.
+fn init_logging(cfg: &config::Config) -> anyhow::Result<Option<crius::telemetry::Tracing>> {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    use tracing_subscriber::Layer;
+
+    let log = &cfg.log;
     let filter = tracing_subscriber::EnvFilter::builder()
-        .parse(&cfg.level)
-        .with_context(|| format!("log level {:?}", cfg.level))?;
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match cfg.format {
-        LogFormat::Text => builder.with_ansi(false).init(),
-        LogFormat::Json => builder.json().flatten_event(true).init(),
+        .parse(&log.level)
+        .with_context(|| format!("log level {:?}", log.level))?;
+    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let fmt = match log.format {
+        LogFormat::Text => fmt.with_ansi(false).boxed(),
+        LogFormat::Json => fmt.json().flatten_event(true).boxed(),
+    };
+    let (otel, tracing) = match crius::telemetry::layer(&cfg.tracing)? {
+        Some((layer, tracing)) => (Some(layer), Some(tracing)),
+        None => (None, None),
+    };
+    tracing_subscriber::registry()
+        .with(fmt.with_filter(filter))
+        .with(otel)
+        .try_init()
+        .context("install the log subscriber")?;
+    if tracing.is_some() {
+        tracing::info!(
+            endpoint = %cfg.tracing.endpoint,
+            sampling_rate_per_million = cfg.tracing.sampling_rate_per_million,
+            "exporting traces over OTLP"
+        );
     }
-    Ok(())
+    Ok(tracing)
 }
 
 async fn shutdown_signal() {
@@ -142,14 +164,28 @@ async fn shutdown_signal() {
 }
 
 fn serve(cfg: config::Config, sources: Sources) -> anyhow::Result<()> {
-    init_logging(&cfg.log)?;
-    crius::memory::tune_allocator();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("crius-worker")
         .build()
         .context("start tokio runtime")?;
+    let tracing = {
+        let _in_runtime = rt.enter();
+        init_logging(&cfg)?
+    };
+    crius::memory::tune_allocator();
     rt.block_on(async move {
+        let result = serve_in_runtime(cfg, sources).await;
+        // The last spans (the shutdown's too) go out before the process ends.
+        if let Some(tracing) = tracing {
+            tracing.shutdown().await;
+        }
+        result
+    })
+}
+
+async fn serve_in_runtime(cfg: config::Config, sources: Sources) -> anyhow::Result<()> {
+    {
         std::fs::create_dir_all(&cfg.state.root)
             .with_context(|| format!("create state root {}", cfg.state.root.display()))?;
         std::fs::create_dir_all(&cfg.state.runroot)
@@ -234,7 +270,7 @@ fn serve(cfg: config::Config, sources: Sources) -> anyhow::Result<()> {
         result.context("grpc server")?;
         tracing::info!("crius stopped");
         Ok(())
-    })
+    }
 }
 
 fn main() -> std::process::ExitCode {

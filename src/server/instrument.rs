@@ -20,6 +20,7 @@ use k8s_cri::v1 as cri;
 use tonic::codegen::http;
 use tonic::{Request, Response, Status};
 use tracing::{field, Instrument};
+use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use crate::daemon::Daemon;
 use crate::error::Error;
@@ -192,6 +193,42 @@ where
     }
 }
 
+/// The gRPC service of an operation: the image RPCs are `ImageService`, the rest `RuntimeService`.
+pub fn grpc_service(op: &str) -> &'static str {
+    match op {
+        "ListImages" | "ImageStatus" | "PullImage" | "RemoveImage" | "ImageFsInfo" => {
+            "runtime.v1.ImageService"
+        }
+        _ => "runtime.v1.RuntimeService",
+    }
+}
+
+/// Makes `span` an OpenTelemetry server span named after the gRPC method
+/// (`runtime.v1.RuntimeService/RunPodSandbox`), child of the caller's W3C trace context.
+fn trace_rpc(span: &tracing::Span, op: &'static str, metadata: &tonic::metadata::MetadataMap) {
+    let service = grpc_service(op);
+    span.record("otel.name", format!("{service}/{op}"));
+    span.record("otel.kind", "server");
+    let parent = crate::telemetry::extract_parent(metadata);
+    if let Err(e) = span.set_parent(parent) {
+        tracing::debug!(error = %e, "rpc span: trace context not applied");
+    }
+    span.set_attribute("rpc.system", "grpc");
+    span.set_attribute("rpc.service", service);
+    span.set_attribute("rpc.method", op);
+}
+
+/// The id of the object a successful call created, for the RPC span.
+fn created_id(resp: &dyn std::any::Any) -> Option<(&'static str, &str)> {
+    if let Some(r) = resp.downcast_ref::<cri::RunPodSandboxResponse>() {
+        return Some(("pod_id", &r.pod_sandbox_id));
+    }
+    if let Some(r) = resp.downcast_ref::<cri::CreateContainerResponse>() {
+        return Some(("container_id", &r.container_id));
+    }
+    None
+}
+
 /// One RPC in flight.
 pub struct Rpc {
     pub op: &'static str,
@@ -199,7 +236,7 @@ pub struct Rpc {
 
 impl Rpc {
     /// Runs `handler` for `request` with the span, gate, metrics and error mapping.
-    pub async fn run<Req, Resp, F, Fut>(
+    pub async fn run<Req, Resp: 'static, F, Fut>(
         self,
         daemon: &Daemon,
         request: Request<Req>,
@@ -213,15 +250,22 @@ impl Rpc {
         let op = self.op;
         let started = Instant::now();
         let deadline = request.extensions().get::<Deadline>().copied();
-        let req = request.into_inner();
         let span = tracing::info_span!(
             "rpc",
             op,
             pod_id = field::Empty,
             container_id = field::Empty,
             image = field::Empty,
-            name = field::Empty
+            name = field::Empty,
+            otel.name = field::Empty,
+            otel.kind = field::Empty,
         );
+        let traced = daemon.config.tracing.enabled();
+        if traced {
+            // Before anything enters the span: its parent is fixed when it starts.
+            trace_rpc(&span, op, request.metadata());
+        }
+        let req = request.into_inner();
         {
             let ids = req.ids();
             for (key, value) in [
@@ -266,6 +310,13 @@ impl Rpc {
         let _enter = span.enter();
         match result {
             Ok(resp) => {
+                // An object created by this call: its id is known only now (RunPodSandbox).
+                if let Some((key, id)) = created_id(&resp) {
+                    span.record(key, id);
+                }
+                if traced {
+                    span.set_attribute("rpc.grpc.status_code", 0_i64);
+                }
                 if is_read_only(op) {
                     tracing::trace!(elapsed_us = elapsed.as_micros() as u64, "rpc ok");
                 } else {
@@ -281,6 +332,12 @@ impl Rpc {
                     .with_label_values(&[op, code.as_str()])
                     .inc();
                 tracing::warn!(code = %code, error = %status.message(), elapsed_us = elapsed.as_micros() as u64, "rpc failed");
+                if traced {
+                    span.set_attribute("rpc.grpc.status_code", status.code() as i64);
+                    span.set_status(opentelemetry::trace::Status::error(
+                        status.message().to_string(),
+                    ));
+                }
                 Err(status)
             }
         }
