@@ -80,9 +80,7 @@ pub fn sampler(rate_per_million: u32) -> Sampler {
 ///
 /// Must be called inside the tokio runtime: the batch processor and the gRPC channel are
 /// spawned on it.
-pub fn layer<S>(
-    cfg: &TracingConfig,
-) -> Result<Option<(impl Layer<S>, Tracing)>, TelemetryError>
+pub fn layer<S>(cfg: &TracingConfig) -> Result<Option<(impl Layer<S>, Tracing)>, TelemetryError>
 where
     S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
 {
@@ -225,6 +223,17 @@ where
     tokio::task::spawn_blocking(move || {
         tracing::dispatcher::with_default(&dispatch, || span.in_scope(f))
     })
+}
+
+/// `tokio::spawn` of a future that stays in the caller's current span: work a handler hands
+/// to its own task (so that a client giving up does not cancel it) still belongs to the RPC.
+pub fn spawn<F>(future: F) -> tokio::task::JoinHandle<F::Output>
+where
+    F: std::future::Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    use tracing::Instrument;
+    tokio::spawn(future.instrument(tracing::Span::current()))
 }
 
 #[cfg(test)]

@@ -1,0 +1,312 @@
+//! OpenTelemetry tracing end to end (issue 16): the test runs its own OTLP/gRPC receiver on a
+//! loopback port, points `[tracing] endpoint` at it, sends RunPodSandbox with a W3C
+//! `traceparent` as kubelet's otelgrpc does, and reads the spans the daemon exports. With tracing
+//! off, nothing reaches the receiver, not even with the standard OTel endpoint variable set.
+#![allow(clippy::unwrap_used)]
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use crius_e2e::daemon::{Daemon, Options};
+use crius_e2e::network::TestNetwork;
+use crius_e2e::pods;
+use k8s_cri::v1 as cri;
+use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
+    TraceService, TraceServiceServer,
+};
+use opentelemetry_proto::tonic::collector::trace::v1::{
+    ExportTraceServiceRequest, ExportTraceServiceResponse,
+};
+use opentelemetry_proto::tonic::common::v1::any_value::Value;
+use opentelemetry_proto::tonic::common::v1::KeyValue;
+use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
+use opentelemetry_proto::tonic::trace::v1::Span;
+use tokio::sync::mpsc;
+
+const TRACE_ID: &str = "5af7183fb1d4cf5f3a8e2c6b9d0e1f24";
+const KUBELET_SPAN: &str = "a3ce929d0e0e4736";
+
+/// The receiver: every export request goes to the channel.
+struct Collector(mpsc::UnboundedSender<ExportTraceServiceRequest>);
+
+#[tonic::async_trait]
+impl TraceService for Collector {
+    async fn export(
+        &self,
+        request: tonic::Request<ExportTraceServiceRequest>,
+    ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+        let _ = self.0.send(request.into_inner());
+        Ok(tonic::Response::new(ExportTraceServiceResponse {
+            partial_success: None,
+        }))
+    }
+}
+
+/// Starts a receiver on 127.0.0.1: its endpoint URL and the stream of what it receives. The
+/// tests run on a multi-thread runtime so that it keeps answering while a test blocks (waiting
+/// for the daemon to exit).
+async fn receiver() -> (String, mpsc::UnboundedReceiver<ExportTraceServiceRequest>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let endpoint = format!("http://{}", listener.local_addr().unwrap());
+    let (tx, rx) = mpsc::unbounded_channel();
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(TraceServiceServer::new(Collector(tx)))
+            .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener)),
+    );
+    (endpoint, rx)
+}
+
+/// One received span with the `service.name` of its resource.
+struct Received {
+    service: String,
+    span: Span,
+}
+
+fn spans_of(req: ExportTraceServiceRequest) -> Vec<Received> {
+    let mut out = Vec::new();
+    for rs in req.resource_spans {
+        let service = rs
+            .resource
+            .as_ref()
+            .and_then(|r| attr(&r.attributes, "service.name"))
+            .unwrap_or_default();
+        for ss in rs.scope_spans {
+            for span in ss.spans {
+                out.push(Received {
+                    service: service.clone(),
+                    span,
+                });
+            }
+        }
+    }
+    out
+}
+
+fn attr(attrs: &[KeyValue], key: &str) -> Option<String> {
+    let v = attrs.iter().find(|kv| kv.key == key)?.value.as_ref()?;
+    match v.value.as_ref()? {
+        Value::StringValue(s) => Some(s.clone()),
+        Value::IntValue(i) => Some(i.to_string()),
+        Value::BoolValue(b) => Some(b.to_string()),
+        other => Some(format!("{other:?}")),
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// `msg` with kubelet's trace context: sampled (`flags` 01) or not (00).
+fn traced<T>(msg: T, flags: &str) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(msg);
+    request.metadata_mut().insert(
+        "traceparent",
+        format!("00-{TRACE_ID}-{KUBELET_SPAN}-{flags}")
+            .parse()
+            .unwrap(),
+    );
+    request
+        .metadata_mut()
+        .insert("tracestate", "kubelet=e2e".parse().unwrap());
+    request
+}
+
+/// StopPodSandbox and RemovePodSandbox, in kubelet's trace when `flags` is given.
+async fn stop_and_remove(d: &Daemon, id: &str, flags: Option<&str>) {
+    let mut rt = d.runtime().await;
+    let stop = cri::StopPodSandboxRequest {
+        pod_sandbox_id: id.to_string(),
+    };
+    let remove = cri::RemovePodSandboxRequest {
+        pod_sandbox_id: id.to_string(),
+    };
+    match flags {
+        Some(flags) => {
+            rt.stop_pod_sandbox(traced(stop, flags)).await.unwrap();
+            rt.remove_pod_sandbox(traced(remove, flags)).await.unwrap();
+        }
+        None => {
+            rt.stop_pod_sandbox(stop).await.unwrap();
+            rt.remove_pod_sandbox(remove).await.unwrap();
+        }
+    }
+}
+
+const RUN_POD_SPAN: &str = "runtime.v1.RuntimeService/RunPodSandbox";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_pod_sandbox_exports_its_span_tree_in_kubelets_trace() {
+    let (endpoint, mut rx) = receiver().await;
+    let net = TestNetwork::new();
+    let d = Daemon::start_with(Options {
+        extra_config: format!(
+            "[tracing]\nendpoint = {endpoint:?}\nsampling_rate_per_million = 0\nservice_name = \"crius-e2e\"\n"
+        ),
+        ..Default::default()
+    })
+    .await;
+    net.install(&d.paths.cni_conf_dir, &[]);
+    let mut rt = d.runtime().await;
+
+    // Root sampling is off (rate 0): only the sampled parent from kubelet makes this exported.
+    let pod_id = rt
+        .run_pod_sandbox(traced(pods::pod("traced"), "01"))
+        .await
+        .unwrap()
+        .into_inner()
+        .pod_sandbox_id;
+    // Not sampled by kubelet: never exported.
+    let untraced_id = rt
+        .run_pod_sandbox(traced(pods::pod("untraced"), "00"))
+        .await
+        .unwrap()
+        .into_inner()
+        .pod_sandbox_id;
+
+    // Spans come in batches (the rpc span ends after its children): gather until the tree is
+    // there.
+    let mut spans: Vec<Received> = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let complete = |spans: &[Received]| {
+        spans.iter().any(|r| r.span.name == RUN_POD_SPAN)
+            && spans.iter().any(|r| r.span.name == "cni.add")
+    };
+    while !complete(&spans) {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, rx.recv()).await {
+            Ok(Some(req)) => spans.extend(spans_of(req)),
+            Ok(None) => panic!("receiver closed"),
+            Err(_) => panic!(
+                "no RunPodSandbox span tree within 60 s; got {:?}\n--- daemon log ---\n{}",
+                spans.iter().map(|r| &r.span.name).collect::<Vec<_>>(),
+                d.log()
+            ),
+        }
+    }
+
+    let rpc = spans.iter().find(|r| r.span.name == RUN_POD_SPAN).unwrap();
+    assert_eq!(hex(&rpc.span.trace_id), TRACE_ID);
+    assert_eq!(hex(&rpc.span.parent_span_id), KUBELET_SPAN);
+    assert_eq!(rpc.span.kind, SpanKind::Server as i32);
+    assert_eq!(rpc.service, "crius-e2e");
+    assert_eq!(
+        attr(&rpc.span.attributes, "pod_id").as_deref(),
+        Some(pod_id.as_str())
+    );
+    assert_eq!(
+        attr(&rpc.span.attributes, "name").as_deref(),
+        Some("traced")
+    );
+    assert_eq!(
+        attr(&rpc.span.attributes, "rpc.system").as_deref(),
+        Some("grpc")
+    );
+    assert_eq!(
+        attr(&rpc.span.attributes, "rpc.method").as_deref(),
+        Some("RunPodSandbox")
+    );
+    assert_eq!(
+        attr(&rpc.span.attributes, "rpc.grpc.status_code").as_deref(),
+        Some("0")
+    );
+
+    // CNI ADD ran in a blocking thread of a task the handler spawned: its span still chains up
+    // to the rpc span, in the same trace.
+    let by_id: HashMap<Vec<u8>, &Span> = spans
+        .iter()
+        .map(|r| (r.span.span_id.clone(), &r.span))
+        .collect();
+    let cni = spans.iter().find(|r| r.span.name == "cni.add").unwrap();
+    assert_eq!(hex(&cni.span.trace_id), TRACE_ID);
+    assert_eq!(
+        attr(&cni.span.attributes, "pod_id").as_deref(),
+        Some(pod_id.as_str())
+    );
+    let mut cursor = &cni.span;
+    let mut hops = 0;
+    while cursor.span_id != rpc.span.span_id {
+        hops += 1;
+        assert!(hops < 10, "no parent chain from cni.add to the rpc span");
+        cursor = by_id.get(&cursor.parent_span_id).unwrap_or_else(|| {
+            panic!(
+                "cni.add's ancestor {} was not exported; spans: {:?}",
+                hex(&cursor.parent_span_id),
+                spans
+                    .iter()
+                    .map(|r| (&r.span.name, hex(&r.span.span_id)))
+                    .collect::<Vec<_>>()
+            )
+        });
+    }
+
+    // Tear down in kubelet's trace (StopPodSandbox's cni.del is exported too), the other pod
+    // without a trace context; then a graceful stop flushes what is queued.
+    stop_and_remove(&d, &pod_id, Some("01")).await;
+    stop_and_remove(&d, &untraced_id, None).await;
+    let mut d = d;
+    let (status, _) = d.terminate(Duration::from_secs(30)).expect("crius stops");
+    assert!(status.success(), "{status}");
+    while let Ok(req) = rx.try_recv() {
+        spans.extend(spans_of(req));
+    }
+    assert!(
+        spans.iter().any(|r| r.span.name == "cni.del"),
+        "no cni.del span after StopPodSandbox and shutdown: {:?}",
+        spans.iter().map(|r| &r.span.name).collect::<Vec<_>>()
+    );
+    let untraced: Vec<&str> = spans
+        .iter()
+        .filter(|r| attr(&r.span.attributes, "name").as_deref() == Some("untraced"))
+        .map(|r| r.span.name.as_str())
+        .collect();
+    assert!(
+        untraced.is_empty(),
+        "unsampled parent exported: {untraced:?}"
+    );
+    // Root spans (the untraced pod's StopPodSandbox, startup) are not sampled at rate 0.
+    assert!(
+        spans.iter().all(|r| hex(&r.span.trace_id) == TRACE_ID),
+        "a span outside kubelet's trace was exported at rate 0"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_tracing_off_nothing_is_exported() {
+    let (endpoint, mut rx) = receiver().await;
+    let net = TestNetwork::new();
+    // Off: no `[tracing] endpoint`. The standard OTel variables do not turn it on either.
+    let d = Daemon::start_with(Options {
+        env: vec![
+            ("OTEL_EXPORTER_OTLP_ENDPOINT".into(), endpoint.clone()),
+            ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT".into(), endpoint),
+        ],
+        ..Default::default()
+    })
+    .await;
+    net.install(&d.paths.cni_conf_dir, &[]);
+    let mut rt = d.runtime().await;
+    let pod_id = rt
+        .run_pod_sandbox(traced(pods::pod("off"), "01"))
+        .await
+        .unwrap()
+        .into_inner()
+        .pod_sandbox_id;
+    stop_and_remove(&d, &pod_id, Some("01")).await;
+    let mut d = d;
+    let (status, _) = d.terminate(Duration::from_secs(30)).expect("crius stops");
+    assert!(status.success(), "{status}");
+    // Absence is what is asserted: the daemon has exited (any flush is over); wait a little more
+    // for anything in flight.
+    match tokio::time::timeout(Duration::from_secs(2), rx.recv()).await {
+        Err(_) => {}
+        Ok(got) => panic!(
+            "tracing is off but the receiver got {:?}",
+            got.map(spans_of)
+                .unwrap_or_default()
+                .iter()
+                .map(|r| r.span.name.clone())
+                .collect::<Vec<_>>()
+        ),
+    }
+}
