@@ -310,3 +310,80 @@ async fn with_tracing_off_nothing_is_exported() {
         ),
     }
 }
+
+/// A collector that accepts connections and never answers: exports hang until their deadline.
+fn black_hole() -> (String, std::thread::JoinHandle<()>) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let endpoint = format!("http://{}", listener.local_addr().unwrap());
+    listener.set_nonblocking(true).unwrap();
+    let held = std::thread::spawn(move || {
+        let mut conns = Vec::new();
+        let until = Instant::now() + Duration::from_secs(90);
+        while Instant::now() < until {
+            match listener.accept() {
+                Ok((c, _)) => conns.push(c),
+                Err(_) => std::thread::sleep(Duration::from_millis(20)),
+            }
+        }
+    });
+    (endpoint, held)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_collector_that_never_answers_slows_no_rpc_and_is_logged_once() {
+    let (endpoint, _held) = black_hole();
+    let net = TestNetwork::new();
+    let d = Daemon::start_with(Options {
+        extra_config: format!("[tracing]\nendpoint = {endpoint:?}\n"),
+        // Export every 200 ms: several exports fail while the test runs.
+        env: vec![("OTEL_BSP_SCHEDULE_DELAY".into(), "200".into())],
+        ..Default::default()
+    })
+    .await;
+    net.install(&d.paths.cni_conf_dir, &[]);
+    let mut rt = d.runtime().await;
+    let mut ids = Vec::new();
+    for name in ["hole-a", "hole-b"] {
+        ids.push(
+            rt.run_pod_sandbox(traced(pods::pod(name), "01"))
+                .await
+                .unwrap()
+                .into_inner()
+                .pod_sandbox_id,
+        );
+    }
+    // Exports are hanging now (3 s each); RPCs do not wait for them.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while d.log().matches("trace export failed").count() < 2 {
+        assert!(
+            Instant::now() < deadline,
+            "exports did not fail twice in 30 s:\n{}",
+            d.log()
+        );
+        let started = Instant::now();
+        rt.version(traced(cri::VersionRequest::default(), "01"))
+            .await
+            .unwrap();
+        let took = started.elapsed();
+        assert!(
+            took < Duration::from_secs(1),
+            "Version took {took:?} with a stuck collector"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for id in &ids {
+        stop_and_remove(&d, id, Some("01")).await;
+    }
+    // Shutdown's flush is bounded too: drain (≤ 1.5 s) + export deadline + shutdown deadline.
+    let mut d = d;
+    let (status, took) = d.terminate(Duration::from_secs(30)).expect("crius stops");
+    assert!(status.success(), "{status}");
+    assert!(took < Duration::from_secs(12), "shutdown took {took:?}");
+    let log = d.log();
+    let warned: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("WARN") && l.contains("trace export failed"))
+        .collect();
+    assert_eq!(warned.len(), 1, "warned {} times:\n{log}", warned.len());
+    assert!(warned[0].contains("dropped_spans="), "{}", warned[0]);
+}
