@@ -7,6 +7,7 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
+use crius_e2e::busybox::BusyboxDaemon;
 use crius_e2e::daemon::{Daemon, Options};
 use crius_e2e::network::TestNetwork;
 use crius_e2e::pods;
@@ -386,4 +387,178 @@ async fn a_collector_that_never_answers_slows_no_rpc_and_is_logged_once() {
         .collect();
     assert_eq!(warned.len(), 1, "warned {} times:\n{log}", warned.len());
     assert!(warned[0].contains("dropped_spans="), "{}", warned[0]);
+}
+
+/// Receives until `done` holds for everything received, or panics after 60 s.
+async fn gather(
+    rx: &mut mpsc::UnboundedReceiver<ExportTraceServiceRequest>,
+    spans: &mut Vec<Received>,
+    done: impl Fn(&[Received]) -> bool,
+    d: &Daemon,
+) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !done(spans) {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, rx.recv()).await {
+            Ok(Some(req)) => spans.extend(spans_of(req)),
+            Ok(None) => panic!("receiver closed"),
+            Err(_) => panic!(
+                "spans missing after 60 s; got {:?}\n--- daemon log ---\n{}",
+                spans.iter().map(|r| &r.span.name).collect::<Vec<_>>(),
+                d.log()
+            ),
+        }
+    }
+}
+
+/// Whether `child` descends from `ancestor` among `spans`.
+fn descends(spans: &[Received], child: &Span, ancestor: &Span) -> bool {
+    let mut cursor = child;
+    for _ in 0..10 {
+        if cursor.parent_span_id == ancestor.span_id {
+            return true;
+        }
+        match spans
+            .iter()
+            .find(|r| r.span.span_id == cursor.parent_span_id)
+        {
+            Some(parent) => cursor = &parent.span,
+            None => return false,
+        }
+    }
+    false
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn image_pull_layers_and_container_create_and_start_have_their_spans() {
+    let (endpoint, mut rx) = receiver().await;
+    // The pull (without a trace context) is a root span, sampled at the default rate.
+    let BusyboxDaemon {
+        d,
+        net: _net,
+        image,
+    } = BusyboxDaemon::start(Options {
+        extra_config: format!("[tracing]\nendpoint = {endpoint:?}\n"),
+        ..Default::default()
+    })
+    .await;
+    let mut rt = d.runtime().await;
+    let pod = pods::pod("spans");
+    let sandbox_config = pod.config.clone();
+    let pod_id = rt
+        .run_pod_sandbox(traced(pod, "01"))
+        .await
+        .unwrap()
+        .into_inner()
+        .pod_sandbox_id;
+    let config = cri::ContainerConfig {
+        metadata: Some(cri::ContainerMetadata {
+            name: "sleeper".into(),
+            attempt: 0,
+        }),
+        image: Some(cri::ImageSpec {
+            image: image.clone(),
+            ..Default::default()
+        }),
+        command: vec!["sh".into(), "-c".into(), "sleep 600".into()],
+        linux: Some(cri::LinuxContainerConfig {
+            security_context: Some(cri::LinuxContainerSecurityContext {
+                namespace_options: Some(cri::NamespaceOption {
+                    pid: cri::NamespaceMode::Container as i32,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let container_id = rt
+        .create_container(traced(
+            cri::CreateContainerRequest {
+                pod_sandbox_id: pod_id.clone(),
+                config: Some(config),
+                sandbox_config,
+            },
+            "01",
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .container_id;
+    rt.start_container(traced(
+        cri::StartContainerRequest {
+            container_id: container_id.clone(),
+        },
+        "01",
+    ))
+    .await
+    .unwrap();
+
+    const PULL: &str = "runtime.v1.ImageService/PullImage";
+    const CREATE: &str = "runtime.v1.RuntimeService/CreateContainer";
+    const START: &str = "runtime.v1.RuntimeService/StartContainer";
+    let mut spans = Vec::new();
+    gather(
+        &mut rx,
+        &mut spans,
+        |s| {
+            [
+                PULL,
+                CREATE,
+                START,
+                "image.pull.layer",
+                "runtime.create",
+                "runtime.start",
+            ]
+            .iter()
+            .all(|n| s.iter().any(|r| r.span.name == *n))
+        },
+        &d,
+    )
+    .await;
+    let named = |n: &str| spans.iter().find(|r| r.span.name == n).unwrap();
+
+    let pull = named(PULL);
+    assert_eq!(
+        attr(&pull.span.attributes, "image").as_deref(),
+        Some(image.as_str())
+    );
+    let layers: Vec<&Received> = spans
+        .iter()
+        .filter(|r| r.span.name == "image.pull.layer")
+        .collect();
+    for layer in &layers {
+        assert!(
+            descends(&spans, &layer.span, &pull.span),
+            "layer span outside the pull"
+        );
+        let digest = attr(&layer.span.attributes, "digest").unwrap_or_default();
+        assert!(digest.starts_with("sha256:"), "{digest}");
+        assert_eq!(
+            attr(&layer.span.attributes, "reused").as_deref(),
+            Some("false")
+        );
+    }
+
+    let create = named(CREATE);
+    assert_eq!(hex(&create.span.trace_id), TRACE_ID);
+    assert_eq!(
+        attr(&create.span.attributes, "container_id").as_deref(),
+        Some(container_id.as_str())
+    );
+    assert_eq!(
+        attr(&create.span.attributes, "pod_id").as_deref(),
+        Some(pod_id.as_str())
+    );
+    let runtime_create = named("runtime.create");
+    assert!(descends(&spans, &runtime_create.span, &create.span));
+    assert_eq!(
+        attr(&runtime_create.span.attributes, "runtime").as_deref(),
+        Some("runc")
+    );
+    let start = named(START);
+    assert!(descends(&spans, &named("runtime.start").span, &start.span));
+
+    stop_and_remove(&d, &pod_id, None).await;
 }
