@@ -151,8 +151,11 @@ async fn run_pod_sandbox_exports_its_span_tree_in_kubelets_trace() {
     let mut rt = d.runtime().await;
 
     // Root sampling is off (rate 0): only the sampled parent from kubelet makes this exported.
+    // A pod PID namespace: its infra process is started by a monitor (`monitor.start`).
+    let mut pod = pods::pod("traced");
+    pods::namespaces(&mut pod).pid = cri::NamespaceMode::Pod as i32;
     let pod_id = rt
-        .run_pod_sandbox(traced(pods::pod("traced"), "01"))
+        .run_pod_sandbox(traced(pod, "01"))
         .await
         .unwrap()
         .into_inner()
@@ -170,8 +173,9 @@ async fn run_pod_sandbox_exports_its_span_tree_in_kubelets_trace() {
     let mut spans: Vec<Received> = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(60);
     let complete = |spans: &[Received]| {
-        spans.iter().any(|r| r.span.name == RUN_POD_SPAN)
-            && spans.iter().any(|r| r.span.name == "cni.add")
+        [RUN_POD_SPAN, "cni.add", "monitor.start"]
+            .iter()
+            .all(|n| spans.iter().any(|r| r.span.name == *n))
     };
     while !complete(&spans) {
         let left = deadline.saturating_duration_since(Instant::now());
@@ -240,6 +244,19 @@ async fn run_pod_sandbox_exports_its_span_tree_in_kubelets_trace() {
             )
         });
     }
+
+    let infra = spans
+        .iter()
+        .find(|r| r.span.name == "monitor.start")
+        .unwrap();
+    assert!(
+        descends(&spans, &infra.span, &rpc.span),
+        "monitor.start outside the rpc span"
+    );
+    assert_eq!(
+        attr(&infra.span.attributes, "mode").as_deref(),
+        Some("infra")
+    );
 
     // Tear down in kubelet's trace (StopPodSandbox's cni.del is exported too), the other pod
     // without a trace context; then a graceful stop flushes what is queued.
