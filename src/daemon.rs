@@ -127,7 +127,7 @@ impl Daemon {
             return None;
         }
         let registry = registry.to_string();
-        tokio::task::spawn_blocking(move || crate::image::auth_file::lookup(&path, &registry))
+        crate::telemetry::spawn_blocking(move || crate::image::auth_file::lookup(&path, &registry))
             .await
             .ok()
             .flatten()
@@ -153,7 +153,7 @@ impl Daemon {
         let events = self.events.clone();
         let conf = self.cni_conf.clone();
         let (runtime, report, images, sandboxes, sandbox_report, containers, container_report) =
-            tokio::task::spawn_blocking(move || {
+            crate::telemetry::spawn_blocking(move || {
                 let (runtime, report) = Collection::<RuntimeState>::open(&root)?;
                 let images = Images::open(&root, &image_config, metrics.clone())?;
                 let network = Arc::new(CniNetwork::new(
@@ -294,7 +294,7 @@ impl Daemon {
             .map(|h| h.path.clone())
             .unwrap_or_default();
         let lookup = path.clone();
-        let found = tokio::task::spawn_blocking(move || crate::runtime::find_binary(&lookup))
+        let found = crate::telemetry::spawn_blocking(move || crate::runtime::find_binary(&lookup))
             .await
             .ok()
             .flatten();
@@ -314,7 +314,7 @@ impl Daemon {
     /// re-read only after a change).
     pub async fn network_condition(&self) -> Result<(), NotReady> {
         let conf = self.cni_conf.clone();
-        let scan = tokio::task::spawn_blocking(move || conf.default_network())
+        let scan = crate::telemetry::spawn_blocking(move || conf.default_network())
             .await
             .map_err(|e| e.to_string())
             .and_then(|r| r.map_err(|e| e.to_string()));

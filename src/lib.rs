@@ -25,4 +25,5 @@ pub mod server;
 pub mod socket;
 pub mod store;
 pub mod streaming;
+pub mod telemetry;
 pub mod util;

@@ -58,7 +58,7 @@ impl Daemon {
             ids
         };
         let locks = self.locks.clone();
-        tokio::spawn(async move {
+        crate::telemetry::spawn(async move {
             let _pod = locks.pods.read(&pod.id).await;
             // Lock the images the names resolve to (in one order: no lock cycles), then check
             // that they still resolve to exactly those: an image pulled or re-tagged between the
@@ -98,7 +98,7 @@ impl Daemon {
             return sandboxes.stop(id).await;
         };
         let locks = self.locks.clone();
-        tokio::spawn(async move {
+        crate::telemetry::spawn(async move {
             let _pod = locks.pods.write(&pod.id).await;
             containers.stop_pod(&pod.id).await?;
             sandboxes.stop(&pod.id).await
@@ -115,7 +115,7 @@ impl Daemon {
             return sandboxes.remove(id).await;
         };
         let locks = self.locks.clone();
-        tokio::spawn(async move {
+        crate::telemetry::spawn(async move {
             let _pod = locks.pods.write(&pod.id).await;
             containers.remove_pod(&pod.id).await?;
             sandboxes.remove(&pod.id).await?;
@@ -143,7 +143,7 @@ impl Daemon {
         };
         let locks = self.locks.clone();
         let query = query.to_string();
-        tokio::spawn(async move {
+        crate::telemetry::spawn(async move {
             let _image = locks.images.write(&image.id).await;
             if let Some(container) = containers.image_in_use(&image.id) {
                 return Err(crate::image::ImageError::InUse(query, container).into());

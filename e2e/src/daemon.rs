@@ -66,6 +66,8 @@ pub struct Options {
     pub drop_in: String,
     /// Extra command-line flags for the serving daemon (`--log-format json`).
     pub args: Vec<String>,
+    /// Extra environment variables of the serving daemon.
+    pub env: Vec<(String, String)>,
 }
 
 /// Paths of one isolated daemon instance.
@@ -167,6 +169,7 @@ impl Daemon {
             let child = self
                 .command()
                 .args(&self.options.args)
+                .envs(self.options.env.iter().map(|(k, v)| (k, v)))
                 .stdin(Stdio::null())
                 .stdout(log.try_clone().expect("clone log fd"))
                 .stderr(log)

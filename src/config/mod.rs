@@ -24,6 +24,7 @@ pub struct Config {
     pub pod: PodConfig,
     pub metrics: MetricsConfig,
     pub log: LogConfig,
+    pub tracing: TracingConfig,
 }
 
 /// `[api]`: the CRI endpoint and the streaming server.
@@ -235,6 +236,30 @@ pub struct LogConfig {
     pub format: LogFormat,
 }
 
+/// `[tracing]`: OpenTelemetry spans of every RPC and its main steps, exported over OTLP/gRPC.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TracingConfig {
+    /// OTLP/gRPC collector, `http://HOST:PORT` (`http://127.0.0.1:4317`). Empty: tracing is off,
+    /// no exporter is built and nothing is exported.
+    pub endpoint: String,
+    /// Root spans sampled per million (CRI-O's key); 0..=1_000_000. A span whose parent
+    /// (kubelet's `traceparent`) is sampled is always sampled, an unsampled parent never.
+    pub sampling_rate_per_million: u32,
+    /// `service.name` of the exported spans.
+    pub service_name: String,
+}
+
+impl TracingConfig {
+    /// Whether spans are exported.
+    pub fn enabled(&self) -> bool {
+        !self.endpoint.is_empty()
+    }
+}
+
+/// `[tracing] sampling_rate_per_million` upper bound: every root span.
+pub const SAMPLING_ALL: u32 = 1_000_000;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
@@ -331,6 +356,16 @@ impl Default for MetricsConfig {
     }
 }
 
+impl Default for TracingConfig {
+    fn default() -> Self {
+        TracingConfig {
+            endpoint: String::new(),
+            sampling_rate_per_million: SAMPLING_ALL,
+            service_name: "crius".into(),
+        }
+    }
+}
+
 impl Default for LogConfig {
     fn default() -> Self {
         LogConfig {
@@ -353,6 +388,7 @@ impl Default for Config {
             pod: PodConfig::default(),
             metrics: MetricsConfig::default(),
             log: LogConfig::default(),
+            tracing: TracingConfig::default(),
         }
     }
 }

@@ -284,3 +284,78 @@ fn streaming_limits_and_tls_are_validated() {
     let cfg = env.load().unwrap();
     assert_eq!(cfg.api.stream_idle_timeout, "30m");
 }
+
+#[test]
+fn tracing_is_off_by_default_and_a_collector_endpoint_turns_it_on() {
+    let cfg = Env::new().load().unwrap();
+    assert!(!cfg.tracing.enabled());
+    assert_eq!(cfg.tracing.sampling_rate_per_million, 1_000_000);
+    assert_eq!(cfg.tracing.service_name, "crius");
+
+    let env = Env::new();
+    env.main_file(
+        "[tracing]\nendpoint = \"http://127.0.0.1:4317\"\nsampling_rate_per_million = 250000\nservice_name = \"crius-node1\"\n",
+    );
+    let cfg = env.load().unwrap();
+    assert!(cfg.tracing.enabled());
+    assert_eq!(cfg.tracing.endpoint, "http://127.0.0.1:4317");
+    assert_eq!(cfg.tracing.sampling_rate_per_million, 250_000);
+    assert_eq!(cfg.tracing.service_name, "crius-node1");
+    assert!(cfg.to_toml().contains("[tracing]"), "{}", cfg.to_toml());
+    for ok in [
+        "http://localhost:4317",
+        "http://[::1]:4317/",
+        "http://otel.monitoring.svc:4317",
+    ] {
+        let mut cfg = Config::default();
+        cfg.tracing.endpoint = ok.into();
+        cfg.validate().unwrap_or_else(|e| panic!("{ok}: {e:?}"));
+    }
+}
+
+#[test]
+fn bad_tracing_endpoints_and_rates_are_refused_naming_the_key() {
+    for (bad, why) in [
+        ("127.0.0.1:4317", "is not http://HOST:PORT"),
+        (
+            "https://collector:4317",
+            "TLS to the collector is not supported",
+        ),
+        ("grpc://collector:4317", "is not http://HOST:PORT"),
+        ("http://collector", "is not http://HOST:PORT"),
+        ("http://:4317", "is not http://HOST:PORT"),
+        ("http://collector:0", "is not http://HOST:PORT"),
+        ("http://collector:4317/v1/traces", "is not http://HOST:PORT"),
+        ("http://user@collector:4317", "is not http://HOST:PORT"),
+    ] {
+        let env = Env::new();
+        env.main_file(&format!("[tracing]\nendpoint = {bad:?}\n"));
+        let err = env.load().unwrap_err().to_string();
+        assert!(err.contains("`tracing.endpoint`"), "{bad}: {err}");
+        assert!(err.contains(why), "{bad}: {err}");
+    }
+
+    let env = Env::new();
+    env.main_file("[tracing]\nsampling_rate_per_million = 1000001\n");
+    let err = env.load().unwrap_err().to_string();
+    assert!(err.contains("`tracing.sampling_rate_per_million`"), "{err}");
+    assert!(
+        err.contains("1000001 is not between 0 and 1000000"),
+        "{err}"
+    );
+
+    let env = Env::new();
+    env.main_file("[tracing]\nsampling_rate_per_million = -1\n");
+    let err = env.load().unwrap_err().to_string();
+    assert!(err.contains("tracing.sampling_rate_per_million"), "{err}");
+
+    let env = Env::new();
+    env.main_file("[tracing]\nservice_name = \" \"\n");
+    let err = env.load().unwrap_err().to_string();
+    assert!(err.contains("`tracing.service_name`"), "{err}");
+
+    let env = Env::new();
+    env.main_file("[tracing]\nsample_rate = 5\n");
+    let err = env.load().unwrap_err().to_string();
+    assert!(err.contains("sample_rate"), "{err}");
+}

@@ -183,8 +183,55 @@ impl Config {
         if let Err(message) = check_log_filter(&self.log.level) {
             return fail("log.level", message);
         }
+
+        if !self.tracing.endpoint.is_empty() {
+            if let Err(message) = check_otlp_endpoint(&self.tracing.endpoint) {
+                return fail("tracing.endpoint", message);
+            }
+        }
+        if self.tracing.sampling_rate_per_million > super::SAMPLING_ALL {
+            return fail(
+                "tracing.sampling_rate_per_million",
+                format!(
+                    "{} is not between 0 and {}",
+                    self.tracing.sampling_rate_per_million,
+                    super::SAMPLING_ALL
+                ),
+            );
+        }
+        if self.tracing.service_name.trim().is_empty() {
+            return fail("tracing.service_name", "must not be empty");
+        }
         Ok(())
     }
+}
+
+/// An OTLP/gRPC endpoint: `http://HOST:PORT` with nothing after the authority (the exporter
+/// has no TLS: a collector on the node or in the pod network is reached in plain HTTP/2).
+fn check_otlp_endpoint(endpoint: &str) -> Result<(), String> {
+    let quoted = crate::util::quote(endpoint);
+    let Some(rest) = endpoint.strip_prefix("http://") else {
+        return Err(if endpoint.starts_with("https://") {
+            format!(
+                "{quoted}: TLS to the collector is not supported; use http:// to a local collector"
+            )
+        } else {
+            format!("{quoted} is not http://HOST:PORT")
+        });
+    };
+    let authority = rest.strip_suffix('/').unwrap_or(rest);
+    let uri = endpoint
+        .parse::<tonic::codegen::http::Uri>()
+        .map_err(|e| format!("{quoted}: {e}"))?;
+    let port_ok = uri.port_u16().is_some_and(|p| p != 0);
+    if authority.is_empty()
+        || authority.contains(['/', '?', '#', '@'])
+        || uri.host().is_none_or(str::is_empty)
+        || !port_ok
+    {
+        return Err(format!("{quoted} is not http://HOST:PORT"));
+    }
+    Ok(())
 }
 
 const LEVELS: &[&str] = &["trace", "debug", "info", "warn", "error", "off"];

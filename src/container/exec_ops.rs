@@ -30,7 +30,7 @@ impl Containers {
         let bundle = rec.bundle.clone();
         let monitor_dir = rec.monitor_dir.clone();
         let cmd = cmd.to_vec();
-        tokio::task::spawn_blocking(move || {
+        crate::telemetry::spawn_blocking(move || {
             exec::prepare(&bundle, &monitor_dir, &token[..12], &cmd, tty)
         })
         .await

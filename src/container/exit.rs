@@ -218,7 +218,8 @@ impl Containers {
                 }
             }
             let worker = this.clone();
-            let refreshed = tokio::task::spawn_blocking(move || worker.refresh_blocking(&id)).await;
+            let refreshed =
+                crate::telemetry::spawn_blocking(move || worker.refresh_blocking(&id)).await;
             match refreshed {
                 // The monitor died, the container lives on: watch the container itself.
                 Ok(Ok(rec))

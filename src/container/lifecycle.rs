@@ -19,7 +19,7 @@ impl Containers {
         let runtime = self.runtime(&rec.runtime_handler)?.clone();
         let this = self.clone();
         let started = Instant::now();
-        tokio::task::spawn_blocking(move || {
+        crate::telemetry::spawn_blocking(move || {
             if let Err(e) = runtime.start(&rec.id) {
                 // A start the runtime already did (the daemon died before recording it, and
                 // restore could not tell): the node is the truth.
@@ -80,7 +80,7 @@ impl Containers {
         let _held = self.locks.lock(&rec.id).await;
         let this = self.clone();
         let id = rec.id.clone();
-        tokio::task::spawn_blocking(move || this.stop_blocking(&id, timeout))
+        crate::telemetry::spawn_blocking(move || this.stop_blocking(&id, timeout))
             .await
             .map_err(join_err)??;
         self.update_gauge();
@@ -147,7 +147,7 @@ impl Containers {
         let _held = self.locks.lock(&rec.id).await;
         let this = self.clone();
         let id = rec.id.clone();
-        let removed = tokio::task::spawn_blocking(move || {
+        let removed = crate::telemetry::spawn_blocking(move || {
             this.stop_blocking(&id, Duration::ZERO)?;
             this.forget_blocking(&id)
         })
@@ -189,9 +189,8 @@ impl Containers {
             },
         );
         let this = self.clone();
-        let span = tracing::Span::current();
-        tokio::task::spawn_blocking(move || {
-            let _entered = span.enter();
+        crate::telemetry::spawn_blocking(move || {
+            let _span = tracing::info_span!("container.teardown", container_id = %rec.id).entered();
             let started = Instant::now();
             match this.teardown_blocking(&rec) {
                 Ok(()) => {
@@ -279,7 +278,7 @@ impl Containers {
         let runtime = self.runtime(&rec.runtime_handler)?.clone();
         let json = resources::resources_json(&resources, self.settings.host.cgroup_v2);
         let this = self.clone();
-        tokio::task::spawn_blocking(move || {
+        crate::telemetry::spawn_blocking(move || {
             if let Err(e) = runtime.update(&rec.id, &json) {
                 // The container exited on its own meanwhile: say so, not "internal".
                 if this.refresh_blocking(&rec.id)?.state == ContainerState::Exited {
@@ -316,7 +315,7 @@ impl Containers {
             )));
         }
         let dir = rec.monitor_dir.clone();
-        tokio::task::spawn_blocking(move || monitor::reopen_log(&dir))
+        crate::telemetry::spawn_blocking(move || monitor::reopen_log(&dir))
             .await
             .map_err(join_err)?
             .map_err(|e| Error::Internal(format!("reopen log of container {}: {e}", rec.id)))

@@ -301,7 +301,7 @@ impl Containers {
         }
         let this = self.clone();
         let id = rec.id.clone();
-        tokio::task::spawn_blocking(move || this.refresh_blocking(&id))
+        crate::telemetry::spawn_blocking(move || this.refresh_blocking(&id))
             .await
             .map_err(join_err)?
     }
@@ -322,7 +322,7 @@ impl Containers {
             .collect();
         if !live.is_empty() {
             let this = self.clone();
-            tokio::task::spawn_blocking(move || {
+            crate::telemetry::spawn_blocking(move || {
                 for id in live {
                     let _ = this.refresh_blocking(&id);
                 }

@@ -143,7 +143,7 @@ impl Containers {
             }
             let pods = self.sandboxes.list(&crate::sandbox::Filter::default());
             let this = self.clone();
-            let collected = tokio::task::spawn_blocking(move || {
+            let collected = crate::telemetry::spawn_blocking(move || {
                 pods.into_iter()
                     .map(|pod| this.pod_usage_blocking(pod, false))
                     .collect::<Vec<_>>()
@@ -165,7 +165,7 @@ impl Containers {
     pub async fn stats(self: &Arc<Self>, filter: &Filter) -> Result<Vec<ContainerUsage>> {
         let records = self.list(filter).await?;
         let this = self.clone();
-        tokio::task::spawn_blocking(move || {
+        crate::telemetry::spawn_blocking(move || {
             records
                 .into_iter()
                 .map(|rec| this.usage_blocking(rec, true))
@@ -179,7 +179,7 @@ impl Containers {
     pub async fn stats_of(self: &Arc<Self>, id: &str) -> Result<ContainerUsage> {
         let rec = self.resolve(id)?;
         let this = self.clone();
-        tokio::task::spawn_blocking(move || this.usage_blocking(rec, true))
+        crate::telemetry::spawn_blocking(move || this.usage_blocking(rec, true))
             .await
             .map_err(join_err)
     }
@@ -190,7 +190,7 @@ impl Containers {
         pods: Vec<Arc<SandboxRecord>>,
     ) -> Result<Vec<PodUsage>> {
         let this = self.clone();
-        tokio::task::spawn_blocking(move || {
+        crate::telemetry::spawn_blocking(move || {
             pods.into_iter()
                 .map(|pod| this.pod_usage_blocking(pod, true))
                 .collect()

@@ -185,7 +185,7 @@ impl Images {
         };
         let store = self.store.clone();
         let id = image.id.clone();
-        let freed = tokio::task::spawn_blocking(move || store.remove_image(&id))
+        let freed = crate::telemetry::spawn_blocking(move || store.remove_image(&id))
             .await
             .map_err(|e| ImageError::Internal(format!("remove task: {e}")))??;
         tracing::info!(image_id = %image.id, layers_freed = freed, "image removed");
@@ -195,7 +195,7 @@ impl Images {
     /// (bytes, inodes) used by the image store.
     pub async fn usage(&self) -> Result<(u64, u64), ImageError> {
         let store = self.store.clone();
-        tokio::task::spawn_blocking(move || store.usage())
+        crate::telemetry::spawn_blocking(move || store.usage())
             .await
             .map_err(|e| ImageError::Internal(format!("usage task: {e}")))
     }

@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use tokio_util::io::SyncIoBridge;
+use tracing::Instrument;
 
 use super::registry::{Credentials, Descriptor, Platform, Resolved};
 use super::store::{chain_id, hex_of, remove_path, ImageLayer, ImageRecord, LayerRecord};
@@ -79,7 +80,9 @@ impl Images {
             let _gc = self.store.gc.write().await;
             let _records = self.store.records.lock().await;
             let store = self.store.clone();
-            match tokio::task::spawn_blocking(move || store.remove_unused_layers(&unpacked)).await {
+            match crate::telemetry::spawn_blocking(move || store.remove_unused_layers(&unpacked))
+                .await
+            {
                 Ok(Ok(0)) => {}
                 Ok(Ok(n)) => tracing::debug!(layers = n, "removed the layers of a failed pull"),
                 Ok(Err(e)) => tracing::warn!(error = %e, "removing the layers of a failed pull"),
@@ -158,12 +161,25 @@ impl Images {
                 let images = self.clone();
                 let resolved = resolved.clone();
                 let limits = limits.clone();
-                tokio::spawn(async move {
-                    let r = images
-                        .ensure_layer(&resolved, &desc, &diff_id, &chain, parent, &limits)
-                        .await;
-                    (chain, r)
-                })
+                let span = tracing::info_span!(
+                    "image.pull.layer",
+                    digest = %desc.digest,
+                    size = desc.size,
+                    media_type = %desc.media_type,
+                    reused = tracing::field::Empty,
+                );
+                tokio::spawn(
+                    async move {
+                        let r = images
+                            .ensure_layer(&resolved, &desc, &diff_id, &chain, parent, &limits)
+                            .await;
+                        if let Ok(unpacked) = &r {
+                            tracing::Span::current().record("reused", !unpacked);
+                        }
+                        (chain, r)
+                    }
+                    .instrument(span),
+                )
             })
             .collect();
         // Wait for every layer (no task is left writing behind a failed pull), then report.
@@ -212,12 +228,12 @@ impl Images {
         // Layer files reach the disk before the record that promises them; flushed before the
         // records lock is taken, so other pulls and removals never wait for this flush.
         let dir = self.store.dir().to_path_buf();
-        tokio::task::spawn_blocking(move || sync_fs(&dir))
+        crate::telemetry::spawn_blocking(move || sync_fs(&dir))
             .await
             .map_err(blocking_err)??;
         let _records = self.store.records.lock().await;
         let store = self.store.clone();
-        tokio::task::spawn_blocking(move || store.commit_image(record))
+        crate::telemetry::spawn_blocking(move || store.commit_image(record))
             .await
             .map_err(blocking_err)?
     }
@@ -239,7 +255,7 @@ impl Images {
             .image_pull_bytes_total
             .inc_by(bytes.len() as u64);
         let data = bytes.clone();
-        tokio::task::spawn_blocking(move || crate::store::write_atomic(&path, &data))
+        crate::telemetry::spawn_blocking(move || crate::store::write_atomic(&path, &data))
             .await
             .map_err(blocking_err)??;
         Ok(bytes)
@@ -301,7 +317,7 @@ impl Images {
         let unpacked: Unpacked = if local {
             let (path, dest) = (blob_path.clone(), tmp_layer.clone());
             let limits = limits.clone();
-            tokio::task::spawn_blocking(move || {
+            crate::telemetry::spawn_blocking(move || {
                 let file = std::fs::File::open(&path).map_err(|source| ImageError::Io {
                     path: path.clone(),
                     source,
@@ -320,7 +336,7 @@ impl Images {
             let counter = reader.counter();
             let (dest, blob) = (tmp_layer.clone(), tmp_blob.clone());
             let limits = limits.clone();
-            let result = tokio::task::spawn_blocking(move || {
+            let result = crate::telemetry::spawn_blocking(move || {
                 let file = std::fs::File::create(&blob).map_err(|source| ImageError::Io {
                     path: blob.clone(),
                     source,

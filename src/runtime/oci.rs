@@ -256,6 +256,14 @@ impl OciRuntime for Monitored {
     }
 
     fn create(&self, req: &CreateRequest<'_>) -> Result<Created, RuntimeError> {
+        // The monitor starts here and runs `<runtime> create` under it: one span for both.
+        let _in_span = tracing::info_span!(
+            "runtime.create",
+            container_id = %req.id,
+            runtime = %self.name,
+            monitor = %self.monitor.display(),
+        )
+        .entered();
         let mut cmd = Command::new(&self.monitor);
         cmd.arg("run")
             .arg("--id")
@@ -319,6 +327,9 @@ impl OciRuntime for Monitored {
     }
 
     fn start(&self, id: &str) -> Result<(), RuntimeError> {
+        let _in_span =
+            tracing::info_span!("runtime.start", container_id = %id, runtime = %self.name)
+                .entered();
         let mut cmd = self.base();
         cmd.arg("start").arg(id);
         self.run("start", id, cmd)
@@ -491,7 +502,7 @@ impl Drop for RunningExec {
 
 async fn end_exec(id: &str, mut child: tokio::process::Child, files: ExecFiles) {
     // Kill what the exec started (its pid is known once the runtime wrote it)…
-    let files = match tokio::task::spawn_blocking(move || {
+    let files = match crate::telemetry::spawn_blocking(move || {
         if let Some(pid) = files.pid() {
             kill_tree(pid);
         }
@@ -512,7 +523,7 @@ async fn end_exec(id: &str, mut child: tokio::process::Child, files: ExecFiles) 
         let _ = child.wait().await;
     }
     // A runtime killed before it wrote the pid file may still have started the process.
-    let _ = tokio::task::spawn_blocking(move || {
+    let _ = crate::telemetry::spawn_blocking(move || {
         if let Some(pid) = files.pid() {
             kill_tree(pid);
         }

@@ -28,6 +28,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use crius_cni::NsKind;
+use tracing::Instrument;
 
 use crate::cgroups::Cgroups;
 use crate::error::{Error, Result};
@@ -256,24 +257,28 @@ impl Sandboxes {
         let this = self.clone();
         // The create runs in its own task holding the name lock: a client that gives up does
         // not cancel it, and its retry waits for it and gets its id.
-        tokio::spawn(async move {
-            let _held = this.creating.lock(&key).await;
-            if let Some(id) = lock(&this.names).get(&key).cloned() {
-                tracing::info!(pod_id = %id, "RunPodSandbox retry: returning the existing pod");
-                return Ok(id);
+        tokio::spawn(
+            async move {
+                let _held = this.creating.lock(&key).await;
+                if let Some(id) = lock(&this.names).get(&key).cloned() {
+                    tracing::info!(pod_id = %id, "RunPodSandbox retry: returning the existing pod");
+                    return Ok(id);
+                }
+                let worker = this.clone();
+                let rec =
+                    crate::telemetry::spawn_blocking(move || worker.create_blocking(spec, config))
+                        .await
+                        .map_err(join_err)??;
+                lock(&this.names).insert(key, rec.id.clone());
+                this.update_gauge();
+                this.events
+                    .publish(&rec.id, EventKind::Created, Some(rec.clone()));
+                this.events
+                    .publish(&rec.id, EventKind::Started, Some(rec.clone()));
+                Ok(rec.id.clone())
             }
-            let worker = this.clone();
-            let rec = tokio::task::spawn_blocking(move || worker.create_blocking(spec, config))
-                .await
-                .map_err(join_err)??;
-            lock(&this.names).insert(key, rec.id.clone());
-            this.update_gauge();
-            this.events
-                .publish(&rec.id, EventKind::Created, Some(rec.clone()));
-            this.events
-                .publish(&rec.id, EventKind::Started, Some(rec.clone()));
-            Ok(rec.id.clone())
-        })
+            .instrument(tracing::Span::current()),
+        )
         .await
         .map_err(join_err)?
     }
@@ -403,7 +408,10 @@ impl Sandboxes {
                 }
             }
             let args: Vec<(&str, &Path)> = ns_args.iter().map(|(f, p)| (*f, p.as_path())).collect();
-            let started = infra::start(&self.settings.monitor, &run_dir.join("infra.pid"), &args)?;
+            let started = tracing::info_span!("monitor.start", pod_id = %id, mode = "infra")
+                .in_scope(|| {
+                    infra::start(&self.settings.monitor, &run_dir.join("infra.pid"), &args)
+                })?;
             undo.push("kill pod infra process", move || {
                 infra::kill(&started).map_err(|e| e.to_string())
             });
@@ -519,7 +527,7 @@ impl Sandboxes {
         let _held = self.locks.lock(&rec.id).await;
         let this = self.clone();
         let id = rec.id.clone();
-        tokio::task::spawn_blocking(move || this.stop_blocking(&id))
+        crate::telemetry::spawn_blocking(move || this.stop_blocking(&id))
             .await
             .map_err(join_err)??;
         self.update_gauge();
@@ -571,7 +579,7 @@ impl Sandboxes {
         let _held = self.locks.lock(&rec.id).await;
         let this = self.clone();
         let id = rec.id.clone();
-        tokio::task::spawn_blocking(move || {
+        crate::telemetry::spawn_blocking(move || {
             this.stop_blocking(&id)?;
             this.remove_blocking(&id)
         })

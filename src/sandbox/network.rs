@@ -175,6 +175,13 @@ impl NetworkManager for CniNetwork {
                 })
             })?;
         let att = Self::attachment(pod);
+        let span = tracing::info_span!(
+            "cni.add",
+            pod_id = %pod.id,
+            network = %net.name,
+            ips = tracing::field::Empty,
+        );
+        let _in_span = span.enter();
         let result = self.cni.add(&net, &att)?;
         let mut ips = result.pod_ips();
         if ips.is_empty() {
@@ -187,6 +194,7 @@ impl NetworkManager for CniNetwork {
                 }
             }
         }
+        span.record("ips", tracing::field::debug(&ips));
         Ok(NetworkStatus {
             network: net.name.clone(),
             ips,
@@ -196,6 +204,7 @@ impl NetworkManager for CniNetwork {
 
     fn teardown(&self, pod: &PodNetwork<'_>) -> Result<(), NetworkError> {
         let att = Self::attachment(pod);
+        let _in_span = tracing::info_span!("cni.del", pod_id = %pod.id).entered();
         self.cni.del(None, &att)?;
         Ok(())
     }

@@ -63,7 +63,7 @@ pub async fn connect(target: &Target, port: u16) -> io::Result<TcpStream> {
             .await
             .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connect timed out"))?;
     };
-    let std = tokio::task::spawn_blocking(move || {
+    let std = crate::telemetry::spawn_blocking(move || {
         crius_cni::in_netns(&netns, move || connect_localhost(port))
             .map_err(|e| io::Error::other(e.to_string()))?
     })

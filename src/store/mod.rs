@@ -369,7 +369,7 @@ impl<T: Record> Collection<T> {
     pub async fn put_async(self: &Arc<Self>, id: &str, value: T) -> Result<Arc<T>, StoreError> {
         let this = self.clone();
         let id = id.to_string();
-        tokio::task::spawn_blocking(move || this.put(&id, value))
+        crate::telemetry::spawn_blocking(move || this.put(&id, value))
             .await
             .map_err(|e| StoreError::Task(e.to_string()))?
     }
@@ -378,7 +378,7 @@ impl<T: Record> Collection<T> {
     pub async fn remove_async(self: &Arc<Self>, id: &str) -> Result<(), StoreError> {
         let this = self.clone();
         let id = id.to_string();
-        tokio::task::spawn_blocking(move || this.remove(&id))
+        crate::telemetry::spawn_blocking(move || this.remove(&id))
             .await
             .map_err(|e| StoreError::Task(e.to_string()))?
     }

@@ -481,7 +481,7 @@ async fn run_attach(
         let dir = target.monitor_dir.clone();
         tokio::spawn(follow_resizes(resize, move |size| {
             let dir = dir.clone();
-            tokio::task::spawn_blocking(move || {
+            crate::telemetry::spawn_blocking(move || {
                 if let Err(e) = crate::runtime::monitor::resize(&dir, size.width, size.height) {
                     tracing::debug!(error = %e, "attach resize");
                 }
