@@ -92,10 +92,12 @@ impl Config {
         if self.pod.shm_size < 4096 {
             return fail("pod.shm_size", "must be at least 4096 bytes");
         }
-        if !self
-            .runtime
-            .handlers
-            .contains_key(&self.runtime.default_handler)
+        // Empty: not decided yet (`RuntimeConfig::pick_default_handler`, at load).
+        if !self.runtime.default_handler.is_empty()
+            && !self
+                .runtime
+                .handlers
+                .contains_key(&self.runtime.default_handler)
         {
             return fail(
                 "runtime.default_handler",
