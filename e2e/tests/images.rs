@@ -739,8 +739,15 @@ async fn remove_image_frees_unshared_layers_keeps_shared_ones_and_survives_resta
     for dir in &layered_dirs[1..] {
         assert!(!dir.exists(), "{} was kept", dir.display());
     }
-    let (bytes_after, _) = fs_usage(&d).await;
-    assert!(bytes_after < bytes_two);
+    // The freed files leave through the trash, deleted in the background: usage drops soon.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while fs_usage(&d).await.0 >= bytes_two {
+        assert!(
+            Instant::now() < deadline,
+            "usage never dropped after removal"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     remove(&d, layout.layered.image_id()).await; // idempotent
 
     d.kill9();
@@ -755,6 +762,58 @@ async fn remove_image_frees_unshared_layers_keeps_shared_ones_and_survives_resta
         .unwrap()
         .count();
     assert_eq!(left, 0);
+}
+
+/// Waits (polling, generous deadline) until `dir` holds nothing.
+async fn until_empty(dir: &Path, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let left = entries_below(dir);
+        if left.is_empty() {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{what}: still there: {left:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Issue 15: RemoveImage answers once the records are gone and the layer dirs are out of the
+/// way (moved to the trash, deleted in the background); a pull of the same image right after
+/// must unpack it again under the same names, complete.
+#[tokio::test]
+async fn an_image_pulled_again_right_after_removal_is_complete_and_the_old_files_go_away() {
+    let fx = registry::shared();
+    let d = daemon_for("").await;
+    let images = d.paths.root.join("images");
+    let reference = fx.layered_ref();
+    pull(&d, &reference).await.unwrap();
+    let mut lowers = layer_dirs(&status(&d, &reference, true).await);
+    lowers.reverse();
+    let tree = overlay_tree(&lowers);
+    assert_eq!(
+        tree.keys().cloned().collect::<BTreeSet<_>>(),
+        layered_tree_paths()
+    );
+    for round in 0..3 {
+        remove(&d, &reference).await;
+        assert!(status(&d, &reference, false).await.image.is_none());
+        for dir in &lowers {
+            assert!(!dir.exists(), "round {round}: {} kept", dir.display());
+        }
+        pull(&d, &reference).await.unwrap();
+        let mut again = layer_dirs(&status(&d, &reference, true).await);
+        again.reverse();
+        assert_eq!(again, lowers, "round {round}: same chain IDs, same dirs");
+        assert_eq!(overlay_tree(&again), tree, "round {round}");
+    }
+    remove(&d, &reference).await;
+    for dir in &lowers {
+        assert!(!dir.exists(), "{} kept", dir.display());
+    }
+    until_empty(&images.join("trash"), "the image trash").await;
+    assert!(entries_below(&images.join("layers")).is_empty());
+    assert!(entries_below(&images.join("blobs/sha256")).is_empty());
+    assert!(list(&d).await.is_empty());
 }
 
 #[tokio::test]
