@@ -1,24 +1,20 @@
 //! Durability of what a pull wrote, and of nothing else.
 //!
-//! Layer files are written without waiting for the disk. As each regular file is finished,
-//! [`start_writeback`] starts its writeback (`sync_file_range(SYNC_FILE_RANGE_WRITE)`: the data
-//! goes to disk while the unpack goes on, nothing waits). Before a layer is published, [`publish`]
-//! fsyncs every regular file of the unpacked tree, then every directory, children before parents
-//! (their entries: the files, and the symlinks, device nodes and fifos that cannot be opened for
-//! an fsync of their own), renames the tree into place and fsyncs the directory it now sits in;
-//! only then does the caller write the layer's record. By the time of the fsyncs most data is
-//! already on its way, so they mostly wait for writeback this pull started.
+//! Layer files are written without waiting for the disk. Before a layer is published,
+//! [`publish`] fsyncs every regular file of the unpacked tree and every directory (their entries:
+//! the files, and the symlinks, device nodes, whiteouts and fifos that cannot be opened for an
+//! fsync of their own), the tree's root last, renames the tree into place and fsyncs the
+//! directory it now sits in; only then does the caller write the layer's record.
 //!
 //! No `syncfs`: flushing the whole filesystem would make a pull pay for every other writer's
-//! dirty data (container logs, other pulls, builds on the node).
+//! dirty data (container logs, other pulls, builds on the node). No `sync_file_range` as each
+//! file is written either: measured on ext4 (2 000 files of 4 KiB, 300 of 256 KiB), starting
+//! every file's writeback early slowed the unpack by more than it saved at the fsyncs.
 //!
-//! Owns the one `unsafe` call of the image module (`sync_file_range`, which rustix lacks).
 //! Blocking. Must not follow symlinks or leave the tree it is given.
-#![allow(unsafe_code)]
 
 use std::fs::File;
 use std::io;
-use std::os::fd::{AsFd, AsRawFd};
 use std::path::{Path, PathBuf};
 
 use rustix::fs::{Mode, OFlags};
@@ -28,18 +24,6 @@ use rustix::fs::{Mode, OFlags};
 pub struct Synced {
     pub files: u64,
     pub dirs: u64,
-}
-
-/// Starts writing `file`'s dirty pages back without waiting for it; a hint, so errors are only
-/// logged (an I/O error shows again at the fsync that makes the data durable).
-pub fn start_writeback(file: &impl AsFd) {
-    let fd = file.as_fd();
-    // SAFETY: `fd` is a borrowed, open descriptor for the duration of the call;
-    // sync_file_range takes integers only and touches no memory of ours.
-    let rc = unsafe { libc::sync_file_range(fd.as_raw_fd(), 0, 0, libc::SYNC_FILE_RANGE_WRITE) };
-    if rc != 0 {
-        tracing::trace!(error = %io::Error::last_os_error(), "sync_file_range");
-    }
 }
 
 /// Threads fsyncing one batch: one fsync at a time pays a disk cache flush per file (measured:
@@ -229,19 +213,6 @@ mod tests {
         assert_eq!(synced, Synced { files: 1, dirs: 2 });
         assert!(!tmp.exists());
         assert_eq!(std::fs::read(dest.join("etc/hostname")).unwrap(), b"x");
-    }
-
-    #[test]
-    fn start_writeback_leaves_the_content_alone() {
-        let root = tempfile::tempdir().unwrap();
-        let path = root.path().join("f");
-        std::fs::write(&path, vec![7u8; 1 << 16]).unwrap();
-        let f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
-        start_writeback(&f);
-        // A pipe is no file: sync_file_range fails, which is only logged.
-        let (reader, _writer) = std::io::pipe().unwrap();
-        start_writeback(&reader);
-        assert_eq!(std::fs::read(&path).unwrap(), vec![7u8; 1 << 16]);
     }
 
     /// Issue 15: a pull flushes what it wrote, never the whole filesystem.

@@ -170,8 +170,6 @@ impl<'a> Writer<'a> {
         )?;
         let mut file = File::from(fd);
         self.copy(name, &path, entry, &mut file)?;
-        // The data heads for the disk now; the fsync before the layer is published waits for it.
-        crate::image::durable::start_writeback(&file);
         sys(
             name,
             &path,
