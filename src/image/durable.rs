@@ -83,11 +83,13 @@ pub fn sync_tree(root: &Path) -> io::Result<Synced> {
     Ok(synced)
 }
 
-/// Fsyncs the batch on up to [`SYNC_THREADS`] threads (inline when small) and empties it.
+/// Fsyncs the batch on up to [`SYNC_THREADS`] threads (inline for one path) and empties it.
 fn sync_batch(batch: &mut Vec<(PathBuf, OFlags)>) -> io::Result<()> {
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::Mutex;
-    let threads = SYNC_THREADS.min(batch.len().div_ceil(16));
+    // Even a few fsyncs are worth threads: a thread costs tens of microseconds, a flush about a
+    // millisecond.
+    let threads = SYNC_THREADS.min(batch.len());
     if threads <= 1 {
         for (path, flags) in batch.drain(..) {
             sync_path(&path, flags)?;
