@@ -8,8 +8,8 @@
 //! written last, so a pull killed at any moment never shows up as an image.
 //!
 //! Durability is scoped to what the pull wrote ([`super::durable`]): each layer's files and
-//! directories are fsynced (children before parents) after its download permit is released, so
-//! the next layer downloads meanwhile; then the tree is renamed into `layers/`, that directory
+//! directories are fsynced (the tree's root last) after its download permit is released, so the
+//! next layer downloads meanwhile; then the tree is renamed into `layers/`, that directory
 //! fsynced, and only then the layer record written. Blobs are fsynced before their rename. The
 //! filesystem as a whole is never flushed: a pull does not pay for other writers.
 
@@ -369,18 +369,23 @@ impl Images {
         let layer_dir = self.store.layer_dir(chain);
         let (tmp, dest) = (tmp_layer.clone(), layer_dir.clone());
         let started = std::time::Instant::now();
-        let published = tokio::task::spawn_blocking(move || durable::publish(&tmp, &dest))
-            .await
-            .map_err(blocking_err)?;
+        let published = tokio::task::spawn_blocking(move || {
+            // Under this chain's key lock and without its record, whatever sits at `dest` is an
+            // orphan (the publish of a pull cancelled meanwhile): make way for this one.
+            remove_path(&dest)?;
+            durable::publish(&tmp, &dest).map_err(|source| ImageError::Io {
+                path: dest.clone(),
+                source,
+            })
+        })
+        .await
+        .map_err(blocking_err)?;
         let synced = match published {
             Ok(synced) => synced,
-            Err(source) => {
-                // Renamed but not made durable: no record will promise it (we hold its key).
+            Err(e) => {
+                // Perhaps renamed but not made durable: no record will promise it.
                 let _ = remove_path(&layer_dir);
-                return Err(ImageError::Io {
-                    path: layer_dir,
-                    source,
-                });
+                return Err(e);
             }
         };
         tracing::debug!(
