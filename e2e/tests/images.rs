@@ -739,8 +739,15 @@ async fn remove_image_frees_unshared_layers_keeps_shared_ones_and_survives_resta
     for dir in &layered_dirs[1..] {
         assert!(!dir.exists(), "{} was kept", dir.display());
     }
-    let (bytes_after, _) = fs_usage(&d).await;
-    assert!(bytes_after < bytes_two);
+    // The freed files leave through the trash, deleted in the background: usage drops soon.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while fs_usage(&d).await.0 >= bytes_two {
+        assert!(
+            Instant::now() < deadline,
+            "usage never dropped after removal"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     remove(&d, layout.layered.image_id()).await; // idempotent
 
     d.kill9();
@@ -755,6 +762,143 @@ async fn remove_image_frees_unshared_layers_keeps_shared_ones_and_survives_resta
         .unwrap()
         .count();
     assert_eq!(left, 0);
+}
+
+/// Waits (polling, generous deadline) until `dir` holds nothing.
+async fn until_empty(dir: &Path, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let left = entries_below(dir);
+        if left.is_empty() {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{what}: still there: {left:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Issue 15: RemoveImage answers once the records are gone and the layer dirs are out of the
+/// way (moved to the trash, deleted in the background); a pull of the same image right after
+/// must unpack it again under the same names, complete.
+#[tokio::test]
+async fn an_image_pulled_again_right_after_removal_is_complete_and_the_old_files_go_away() {
+    let fx = registry::shared();
+    let d = daemon_for("").await;
+    let images = d.paths.root.join("images");
+    let reference = fx.layered_ref();
+    pull(&d, &reference).await.unwrap();
+    let mut lowers = layer_dirs(&status(&d, &reference, true).await);
+    lowers.reverse();
+    let tree = overlay_tree(&lowers);
+    assert_eq!(
+        tree.keys().cloned().collect::<BTreeSet<_>>(),
+        layered_tree_paths()
+    );
+    for round in 0..3 {
+        remove(&d, &reference).await;
+        assert!(status(&d, &reference, false).await.image.is_none());
+        for dir in &lowers {
+            assert!(!dir.exists(), "round {round}: {} kept", dir.display());
+        }
+        pull(&d, &reference).await.unwrap();
+        let mut again = layer_dirs(&status(&d, &reference, true).await);
+        again.reverse();
+        assert_eq!(again, lowers, "round {round}: same chain IDs, same dirs");
+        assert_eq!(overlay_tree(&again), tree, "round {round}");
+    }
+    remove(&d, &reference).await;
+    for dir in &lowers {
+        assert!(!dir.exists(), "{} kept", dir.display());
+    }
+    until_empty(&images.join("trash"), "the image trash").await;
+    assert!(entries_below(&images.join("layers")).is_empty());
+    assert!(entries_below(&images.join("blobs/sha256")).is_empty());
+    assert!(list(&d).await.is_empty());
+}
+
+/// The overlayfs tree of a pulled image (top layer first).
+async fn image_tree(d: &Daemon, reference: &str) -> BTreeMap<String, String> {
+    let mut lowers = layer_dirs(&status(d, reference, true).await);
+    lowers.reverse();
+    overlay_tree(&lowers)
+}
+
+/// Every entry below each layer dir of a pulled image: type, symlink target or content hash.
+async fn layers_content(d: &Daemon, reference: &str) -> Vec<BTreeMap<String, String>> {
+    layer_dirs(&status(d, reference, true).await)
+        .iter()
+        .map(|dir| {
+            tree_files(dir)
+                .into_iter()
+                .map(|p| {
+                    let m = p.symlink_metadata().unwrap();
+                    let what = if m.is_dir() {
+                        "d".to_string()
+                    } else if m.file_type().is_symlink() {
+                        format!("l {}", std::fs::read_link(&p).unwrap().display())
+                    } else if m.is_file() {
+                        format!("f {}", sha256_hex(&std::fs::read(&p).unwrap()))
+                    } else {
+                        "o".to_string()
+                    };
+                    (p.strip_prefix(dir).unwrap().display().to_string(), what)
+                })
+                .collect()
+        })
+        .collect()
+}
+
+/// Issue 15: a `kill -9` at any moment of a RemoveImage loses nothing of another image sharing
+/// its base layer; the removed image is gone or whole after the restart, and the trash is empty.
+#[tokio::test]
+async fn kill_9_during_remove_image_keeps_the_other_images_whole() {
+    let fx = registry::shared();
+    let mut d = daemon_for("").await;
+    let (busybox, layered) = (fx.busybox_ref(), fx.layered_ref());
+    pull(&d, &busybox).await.unwrap();
+    let busybox_tree = layers_content(&d, &busybox).await;
+    assert!(!busybox_tree[0].is_empty());
+    let trash = d.paths.root.join("images/trash");
+    // Kill points from "the request is on its way" to "the answer is near".
+    for (round, delay_us) in [0u64, 300, 1_000, 3_000, 10_000].into_iter().enumerate() {
+        pull(&d, &layered).await.unwrap();
+        let mut client = d.image().await;
+        let target = layered.clone();
+        let removing = tokio::spawn(async move {
+            client
+                .remove_image(cri::RemoveImageRequest {
+                    image: spec(&target),
+                })
+                .await
+        });
+        tokio::time::sleep(Duration::from_micros(delay_us)).await;
+        d.kill9();
+        let _ = removing.await;
+        d.restart().await;
+        assert_eq!(
+            layers_content(&d, &busybox).await,
+            busybox_tree,
+            "round {round}: busybox changed"
+        );
+        if status(&d, &layered, false).await.image.is_some() {
+            assert_eq!(
+                image_tree(&d, &layered)
+                    .await
+                    .keys()
+                    .cloned()
+                    .collect::<BTreeSet<_>>(),
+                layered_tree_paths(),
+                "round {round}: layered kept but incomplete"
+            );
+        }
+        assert!(
+            entries_below(&trash).is_empty(),
+            "round {round}: trash kept"
+        );
+    }
+    remove(&d, &layered).await;
+    assert_eq!(list(&d).await.len(), 1);
+    assert_eq!(layers_content(&d, &busybox).await, busybox_tree);
 }
 
 #[tokio::test]

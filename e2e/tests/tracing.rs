@@ -572,7 +572,7 @@ async fn image_pull_layers_and_container_create_and_start_have_their_spans() {
     assert!(descends(&spans, &runtime_create.span, &create.span));
     assert_eq!(
         attr(&runtime_create.span.attributes, "runtime").as_deref(),
-        Some("runc")
+        Some(crius_e2e::daemon::default_handler())
     );
     let start = named(START);
     assert!(descends(&spans, &named("runtime.start").span, &start.span));

@@ -6,6 +6,7 @@
 //! containers beyond the "in use" question `RemoveImage` asks.
 
 pub mod auth_file;
+pub mod durable;
 pub mod pull;
 pub mod reference;
 pub mod registry;
@@ -176,7 +177,8 @@ impl Images {
             .collect()
     }
 
-    /// Removes the image `query` names (all its tags); unknown images are fine.
+    /// Removes the image `query` names (all its tags); unknown images are fine. Answers once the
+    /// records are gone; the files follow in the background (see [`store`]).
     pub async fn remove(&self, query: &str) -> Result<Option<String>, ImageError> {
         let _gc = self.store.gc.write().await;
         let _records = self.store.records.lock().await;
@@ -185,10 +187,19 @@ impl Images {
         };
         let store = self.store.clone();
         let id = image.id.clone();
-        let freed = crate::telemetry::spawn_blocking(move || store.remove_image(&id))
+        let started = Instant::now();
+        let removed = crate::telemetry::spawn_blocking(move || store.remove_image(&id))
             .await
-            .map_err(|e| ImageError::Internal(format!("remove task: {e}")))??;
-        tracing::info!(image_id = %image.id, layers_freed = freed, "image removed");
+            .map_err(|e| ImageError::Internal(format!("remove task: {e}")));
+        // Whatever reached the trash goes, even after a later step failed.
+        self.store.purge_trash_in_background();
+        let freed = removed??;
+        tracing::info!(
+            image_id = %image.id,
+            layers_freed = freed,
+            elapsed_ms = started.elapsed().as_secs_f64() * 1e3,
+            "image removed"
+        );
         Ok(Some(image.id.clone()))
     }
 

@@ -4,17 +4,24 @@
 //! Each layer is processed once per chain ID across all concurrent pulls (per-key lock, then a
 //! re-check), and each blob downloaded once (a per-digest lock inside it, then a look in
 //! `blobs/`), with at most `max_concurrent_downloads` layers in flight. Layer content lands in
-//! `tmp/` and is renamed into place only when complete and verified; the image record is written
-//! last, so a pull killed at any moment never shows up as an image.
+//! `tmp/` and is renamed into place only when complete, verified and durable; the image record is
+//! written last, so a pull killed at any moment never shows up as an image.
+//!
+//! Durability is scoped to what the pull wrote ([`super::durable`]): each layer's files and
+//! directories are fsynced (the tree's root last) after its download permit is released, so the
+//! next layer downloads meanwhile; then the tree is renamed into `layers/`, that directory
+//! fsynced, and only then the layer record written. Blobs are fsynced before their rename. The
+//! filesystem as a whole is never flushed: a pull does not pay for other writers.
 
 use crate::util::now_ns;
 use std::io::{Read, Write};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use tokio_util::io::SyncIoBridge;
 use tracing::Instrument;
 
+use super::durable;
 use super::registry::{Credentials, Descriptor, Platform, Resolved};
 use super::store::{chain_id, hex_of, remove_path, ImageLayer, ImageRecord, LayerRecord};
 use super::unpack::{unpack_layer_limited, Compression, Exceeded, Limits, UnpackError, Unpacked};
@@ -80,9 +87,11 @@ impl Images {
             let _gc = self.store.gc.write().await;
             let _records = self.store.records.lock().await;
             let store = self.store.clone();
-            match crate::telemetry::spawn_blocking(move || store.remove_unused_layers(&unpacked))
-                .await
-            {
+            let removed =
+                crate::telemetry::spawn_blocking(move || store.remove_unused_layers(&unpacked))
+                    .await;
+            self.store.purge_trash_in_background();
+            match removed {
                 Ok(Ok(0)) => {}
                 Ok(Ok(n)) => tracing::debug!(layers = n, "removed the layers of a failed pull"),
                 Ok(Err(e)) => tracing::warn!(error = %e, "removing the layers of a failed pull"),
@@ -225,12 +234,7 @@ impl Images {
             size,
             pulled_at_ns: now_ns(),
         };
-        // Layer files reach the disk before the record that promises them; flushed before the
-        // records lock is taken, so other pulls and removals never wait for this flush.
-        let dir = self.store.dir().to_path_buf();
-        crate::telemetry::spawn_blocking(move || sync_fs(&dir))
-            .await
-            .map_err(blocking_err)??;
+        // Every layer is durable by now: its record was written after its files were fsynced.
         let _records = self.store.records.lock().await;
         let store = self.store.clone();
         crate::telemetry::spawn_blocking(move || store.commit_image(record))
@@ -296,7 +300,7 @@ impl Images {
         // one download per blob too. Whoever waits here then unpacks the blob from `blobs/`.
         let blob_lock = self.store.blob_lock(&desc.digest);
         let _blob_held = blob_lock.lock().await;
-        let _permit = self
+        let permit = self
             .downloads
             .acquire()
             .await
@@ -375,13 +379,37 @@ impl Images {
                 desc.digest, unpacked.diff_id
             )));
         }
+        // The next layer may download while this one's files are flushed.
+        drop(permit);
         let layer_dir = self.store.layer_dir(chain);
-        tokio::fs::rename(&tmp_layer, &layer_dir)
-            .await
-            .map_err(|source| ImageError::Io {
-                path: layer_dir.clone(),
+        let (tmp, dest) = (tmp_layer.clone(), layer_dir.clone());
+        let started = std::time::Instant::now();
+        let published = crate::telemetry::spawn_blocking(move || {
+            // Under this chain's key lock and without its record, whatever sits at `dest` is an
+            // orphan (the publish of a pull cancelled meanwhile): make way for this one.
+            remove_path(&dest)?;
+            durable::publish(&tmp, &dest).map_err(|source| ImageError::Io {
+                path: dest.clone(),
                 source,
-            })?;
+            })
+        })
+        .await
+        .map_err(blocking_err)?;
+        let synced = match published {
+            Ok(synced) => synced,
+            Err(e) => {
+                // Perhaps renamed but not made durable: no record will promise it.
+                let _ = remove_path(&layer_dir);
+                return Err(e);
+            }
+        };
+        tracing::debug!(
+            layer = %desc.digest,
+            files = synced.files,
+            dirs = synced.dirs,
+            elapsed_ms = started.elapsed().as_secs_f64() * 1e3,
+            "layer flushed and published"
+        );
         cleanup.disarm();
         let record = LayerRecord {
             chain_id: chain.to_string(),
@@ -409,16 +437,4 @@ impl<T> Drop for AbortOnDrop<T> {
             t.abort();
         }
     }
-}
-
-/// Flushes the filesystem holding `dir` (layer files are written without per-file fsync).
-fn sync_fs(dir: &Path) -> Result<(), ImageError> {
-    let f = std::fs::File::open(dir).map_err(|source| ImageError::Io {
-        path: dir.to_path_buf(),
-        source,
-    })?;
-    rustix::fs::syncfs(&f).map_err(|e| ImageError::Io {
-        path: dir.to_path_buf(),
-        source: e.into(),
-    })
 }

@@ -4,13 +4,21 @@
 //! images/blobs/sha256/<hex>   verified blobs: compressed layers and configs
 //! images/layers/<chain-hex>/  one unpacked layer per chain ID: an overlayfs lower dir
 //! images/tmp/                 downloads and unpacks in progress (emptied at every start)
+//! images/trash/               layer dirs and blobs of removed images, deleted in the background
+//!                             (and at every start)
 //! <root>/image/<id-hex>.json  image records (store::Collection)
-//! <root>/layer/<chain>.json   layer records, written after the layer dir is complete
+//! <root>/layer/<chain>.json   layer records, written after the layer dir is complete and durable
 //! ```
 //!
 //! Owns the records, their invariants (a layer record implies a complete layer dir; an image
 //! record implies records for all its layers) and garbage collection. Must not talk to
 //! registries: pulls hand it verified content.
+//!
+//! Removal answers once the records are gone, durably, and the layer dirs and blobs nobody uses
+//! any more are renamed into `trash/` (same filesystem: atomic, and it frees their names for the
+//! next pull at once). One background task at a time ([`ImageStore::purge_trash_in_background`])
+//! fsyncs the directories once and deletes the trash, like containerd's content garbage
+//! collection. Until then the image filesystem usage counts the trash.
 
 use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
@@ -92,6 +100,7 @@ pub fn chain_id(parent: Option<&str>, diff_id: &str) -> String {
 #[derive(Debug, Default)]
 pub struct Recovery {
     pub temp_entries: usize,
+    pub trash_entries: usize,
     pub orphan_layer_dirs: usize,
     pub layer_records_without_dir: usize,
     pub images_with_missing_layers: usize,
@@ -108,6 +117,16 @@ pub struct ImageStore {
     /// Pulls hold it shared; garbage collection exclusively, so a layer a pull is about to
     /// reference is never collected under it.
     pub gc: tokio::sync::RwLock<()>,
+    /// The background deletion of `trash/`: one at a time.
+    purge: Mutex<Purge>,
+}
+
+/// State of the background trash deletion.
+#[derive(Debug, Default)]
+struct Purge {
+    running: bool,
+    /// More was thrown away while it ran: go round once more.
+    again: bool,
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> ImageError + '_ {
@@ -122,7 +141,7 @@ impl ImageStore {
     pub fn open(state_root: &Path) -> Result<(ImageStore, Recovery), ImageError> {
         let dir = state_root.join("images");
         let mut recovery = Recovery::default();
-        for sub in ["blobs/sha256", "layers", "tmp"] {
+        for sub in ["blobs/sha256", "layers", "tmp", "trash"] {
             let p = dir.join(sub);
             std::fs::create_dir_all(&p).map_err(io_err(&p))?;
         }
@@ -132,6 +151,7 @@ impl ImageStore {
             remove_path(&path)?;
             recovery.temp_entries += 1;
         }
+        recovery.trash_entries = empty_dir(&dir.join("trash"))?;
         let (images, report) = Collection::<ImageRecord>::open(state_root)?;
         report.log("image");
         let (layers, report) = Collection::<LayerRecord>::open(state_root)?;
@@ -172,6 +192,7 @@ impl ImageStore {
                 key_locks: Mutex::new(HashMap::new()),
                 records: tokio::sync::Mutex::new(()),
                 gc: tokio::sync::RwLock::new(()),
+                purge: Mutex::new(Purge::default()),
             },
             recovery,
         ))
@@ -191,13 +212,11 @@ impl ImageStore {
 
     /// A fresh unique path under `tmp/`.
     pub fn temp_path(&self, what: &str) -> PathBuf {
-        use std::sync::atomic::{AtomicU64, Ordering};
-        static N: AtomicU64 = AtomicU64::new(0);
-        self.dir.join("tmp").join(format!(
-            "{what}-{}-{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed)
-        ))
+        self.dir.join("tmp").join(unique_name(what))
+    }
+
+    pub fn trash_dir(&self) -> PathBuf {
+        self.dir.join("trash")
     }
 
     /// The async lock of blob `digest`: held while it is fetched into `blobs/`. Its own key
@@ -297,15 +316,22 @@ impl ImageStore {
         Ok(saved)
     }
 
-    /// Removes an image record, then every layer, layer dir and blob no remaining image uses.
-    /// Caller holds `records` and `gc` (write). Blocking. Returns the layers freed.
+    /// Removes an image record, then the records of the layers no remaining image uses (with one
+    /// fsync), then moves their dirs and the blobs nobody uses into `trash/` (see the module
+    /// doc; the caller schedules [`ImageStore::purge_trash_in_background`]). Caller holds
+    /// `records` and `gc` (write). Blocking. Returns the layers freed.
     pub fn remove_image(&self, id: &str) -> Result<usize, ImageError> {
         let id = hex_of(id).to_string();
         let Some(image) = self.images.get(&id) else {
             return Ok(0);
         };
-        self.images.remove(&id)?;
-        let remaining = self.images.list();
+        // What stays once this image is gone (the caller holds `records`: nothing else changes).
+        let remaining: Vec<_> = self
+            .images
+            .list()
+            .into_iter()
+            .filter(|(other, _)| *other != id)
+            .collect();
         let used_layers: BTreeSet<String> = remaining
             .iter()
             .flat_map(|(_, img)| img.layers.iter().map(|l| l.chain_id.clone()))
@@ -315,22 +341,121 @@ impl ImageStore {
             .flat_map(|(_, img)| img.layers.iter().map(|l| l.digest.clone()))
             .collect();
         used_blobs.extend(remaining.iter().map(|(_, img)| img.id.clone()));
-        let mut freed = 0;
-        for layer in &image.layers {
-            if !used_layers.contains(&layer.chain_id) && self.has_layer(&layer.chain_id) {
-                // Record first: a crash in between leaves an orphan dir, removed at start.
-                self.layers.remove(hex_of(&layer.chain_id))?;
-                remove_path(&self.layer_dir(&layer.chain_id))?;
-                freed += 1;
-            }
-            if !used_blobs.contains(&layer.digest) {
-                remove_path(&self.blob_path(&layer.digest))?;
+        let freed: Vec<&str> = image
+            .layers
+            .iter()
+            .map(|l| l.chain_id.as_str())
+            .filter(|chain| !used_layers.contains(*chain) && self.has_layer(chain))
+            .collect();
+        let ids: Vec<&str> = freed.iter().map(|c| hex_of(c)).collect();
+        let mut garbage: Vec<PathBuf> = freed.iter().map(|c| self.layer_dir(c)).collect();
+        garbage.extend(
+            image
+                .layers
+                .iter()
+                .map(|l| &l.digest)
+                .chain([&image.id])
+                .filter(|d| !used_blobs.contains(*d))
+                .map(|d| self.blob_path(d)),
+        );
+        // The image record and the layer records live in two directories: removed side by side,
+        // their two fsyncs wait for one journal commit instead of two in a row. Whatever part of
+        // this a crash keeps, the next start ends up with the image gone or intact, never a
+        // record naming a missing dir: layer records without their dir are dropped, and so are
+        // images that lost a layer record. Layer records go before their dirs move (a crash in
+        // between leaves orphan dirs, removed at start).
+        let (image_removed, layers_removed) = std::thread::scope(|scope| {
+            let layers = scope.spawn(|| -> Result<(), ImageError> {
+                self.layers.remove_many(&ids)?;
+                self.discard(&garbage)
+            });
+            let image_removed = self.images.remove(&id);
+            let layers_removed = layers
+                .join()
+                .unwrap_or_else(|_| Err(ImageError::Internal("layer removal panicked".into())));
+            (image_removed, layers_removed)
+        });
+        image_removed?;
+        layers_removed?;
+        Ok(freed.len())
+    }
+
+    /// Moves `paths` (layer dirs, blobs) into `trash/` under fresh names. Missing paths are
+    /// fine. Blocking. No fsync: a rename a power loss undoes brings back a layer dir without
+    /// a record (an orphan, removed at start) or a complete, verified blob (reused by a pull);
+    /// the background purge fsyncs the directories once before it deletes anything.
+    fn discard(&self, paths: &[PathBuf]) -> Result<(), ImageError> {
+        let trash = self.trash_dir();
+        for path in paths {
+            let name = path
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            let target = trash.join(unique_name(&name));
+            match std::fs::rename(path, &target) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    // Not renamable (never expected: same directory tree): delete it here.
+                    tracing::warn!(path = %path.display(), error = %e, "moving to the image trash; deleting in place");
+                    remove_path(path)?;
+                }
             }
         }
-        if !used_blobs.contains(&image.id) {
-            remove_path(&self.blob_path(&image.id))?;
+        Ok(())
+    }
+
+    /// Makes the moves into `trash/` durable (one fsync of each directory involved, so a
+    /// power loss cannot bring back a blob deleted from the trash), then deletes everything in
+    /// it. Blocking; returns the entries deleted.
+    pub fn empty_trash(&self) -> Result<usize, ImageError> {
+        for dir in [
+            self.dir.join("layers"),
+            self.dir.join("blobs/sha256"),
+            self.trash_dir(),
+        ] {
+            crate::image::durable::sync_dir(&dir).map_err(io_err(&dir))?;
         }
-        Ok(freed)
+        empty_dir(&self.trash_dir())
+    }
+
+    /// Empties `trash/` on the blocking pool, one deletion at a time: a call while one runs
+    /// makes it go round once more. Needs a tokio runtime.
+    pub fn purge_trash_in_background(self: &Arc<Self>) {
+        {
+            let mut purge = lock(&self.purge);
+            if purge.running {
+                purge.again = true;
+                return;
+            }
+            purge.running = true;
+        }
+        let store = self.clone();
+        tokio::task::spawn_blocking(move || loop {
+            let started = std::time::Instant::now();
+            match store.empty_trash() {
+                Ok(n) => tracing::debug!(
+                    entries = n,
+                    elapsed_ms = started.elapsed().as_secs_f64() * 1e3,
+                    "image trash emptied"
+                ),
+                Err(e) => {
+                    tracing::warn!(error = %e, "emptying the image trash (retried at the next removal or start)")
+                }
+            }
+            let mut purge = lock(&store.purge);
+            if purge.again {
+                purge.again = false;
+                continue;
+            }
+            purge.running = false;
+            break;
+        });
+    }
+
+    /// Whether a background deletion of the trash is running or scheduled.
+    pub fn purging(&self) -> bool {
+        lock(&self.purge).running
     }
 
     /// Removes the layers among `chains` (chain IDs) that no image uses: what a failed pull
@@ -345,23 +470,23 @@ impl ImageStore {
             .iter()
             .flat_map(|(_, img)| img.layers.iter().map(|l| l.digest.as_str()))
             .collect();
-        let mut freed = 0;
-        for chain in chains {
-            let Some(layer) = self.layers.get(hex_of(chain)) else {
-                continue;
-            };
-            if used.contains(chain.as_str()) {
-                continue;
-            }
-            // Record first: a crash in between leaves an orphan dir, removed at start.
-            self.layers.remove(hex_of(chain))?;
-            remove_path(&self.layer_dir(chain))?;
-            if !used_blobs.contains(layer.digest.as_str()) {
-                remove_path(&self.blob_path(&layer.digest))?;
-            }
-            freed += 1;
-        }
-        Ok(freed)
+        let freed: Vec<(&str, Arc<LayerRecord>)> = chains
+            .iter()
+            .filter(|chain| !used.contains(chain.as_str()))
+            .filter_map(|chain| Some((chain.as_str(), self.layers.get(hex_of(chain))?)))
+            .collect();
+        // Records first: a crash before the renames leaves orphan dirs, removed at start.
+        let ids: Vec<&str> = freed.iter().map(|(c, _)| hex_of(c)).collect();
+        self.layers.remove_many(&ids)?;
+        let mut garbage: Vec<PathBuf> = freed.iter().map(|(c, _)| self.layer_dir(c)).collect();
+        garbage.extend(
+            freed
+                .iter()
+                .filter(|(_, l)| !used_blobs.contains(l.digest.as_str()))
+                .map(|(_, l)| self.blob_path(&l.digest)),
+        );
+        self.discard(&garbage)?;
+        Ok(freed.len())
     }
 
     /// Bytes and inodes used under the image store. Blocking: walks the tree.
@@ -391,6 +516,34 @@ impl ImageStore {
         }
         (bytes, inodes)
     }
+}
+
+/// `<what>-<pid>-<n>`, unique in this store.
+fn unique_name(what: &str) -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    format!(
+        "{what}-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    match m.lock() {
+        Ok(g) => g,
+        Err(poisoned) => poisoned.into_inner(),
+    }
+}
+
+/// Deletes every entry of `dir`; returns how many there were.
+fn empty_dir(dir: &Path) -> Result<usize, ImageError> {
+    let mut n = 0;
+    for entry in std::fs::read_dir(dir).map_err(io_err(dir))? {
+        remove_path(&entry.map_err(io_err(dir))?.path())?;
+        n += 1;
+    }
+    Ok(n)
 }
 
 /// Removes a file or a directory tree; missing is fine.
@@ -497,6 +650,175 @@ mod tests {
         assert_eq!(store.remove_image(&sha('a')).unwrap(), 0, "idempotent");
         assert_eq!(store.remove_image(&sha('b')).unwrap(), 2);
         assert!(store.layers.list().is_empty());
+    }
+
+    fn trash_entries(store: &ImageStore) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(store.trash_dir())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    }
+
+    /// Polls `cond` every 10 ms for up to 10 s.
+    async fn eventually(what: &str, cond: impl Fn() -> bool) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !cond() {
+            assert!(std::time::Instant::now() < deadline, "timed out: {what}");
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn remove_moves_layers_and_blobs_to_the_trash_and_the_background_purge_empties_it() {
+        let root = tempfile::tempdir().unwrap();
+        let (store, _) = ImageStore::open(root.path()).unwrap();
+        let store = Arc::new(store);
+        for c in ['1', '2'] {
+            add_layer(&store, &sha(c));
+            std::fs::write(store.layer_dir(&sha(c)).join("file"), b"content").unwrap();
+            std::fs::write(store.blob_path(&sha(c)), b"blob").unwrap();
+        }
+        std::fs::write(store.blob_path(&sha('a')), b"config").unwrap();
+        store
+            .commit_image(image(
+                &sha('a'),
+                &["docker.io/library/a:latest"],
+                vec![layer(&sha('1'), &sha('1')), layer(&sha('2'), &sha('2'))],
+            ))
+            .unwrap();
+        assert_eq!(store.remove_image(&sha('a')).unwrap(), 2);
+        // Answered with the records gone and the names free; the content waits in the trash.
+        assert!(store.layers.list().is_empty() && store.images.list().is_empty());
+        for c in ['1', '2', 'a'] {
+            assert!(!store.blob_path(&sha(c)).exists(), "blob {c}");
+        }
+        assert!(!store.layer_dir(&sha('1')).exists() && !store.layer_dir(&sha('2')).exists());
+        let trashed = trash_entries(&store);
+        assert_eq!(trashed.len(), 5, "2 layer dirs + 3 blobs: {trashed:?}");
+        let layer_in_trash = trashed
+            .iter()
+            .filter(|n| std::fs::read(store.trash_dir().join(n).join("file")).is_ok())
+            .count();
+        assert_eq!(layer_in_trash, 2, "the layer dirs moved whole");
+
+        store.purge_trash_in_background();
+        eventually("trash emptied", || {
+            !store.purging() && trash_entries(&store).is_empty()
+        })
+        .await;
+    }
+
+    #[tokio::test]
+    async fn a_purge_requested_while_one_runs_is_not_lost() {
+        let root = tempfile::tempdir().unwrap();
+        let (store, _) = ImageStore::open(root.path()).unwrap();
+        let store = Arc::new(store);
+        for i in 0..20 {
+            let dir = store.trash_dir().join(format!("t{i}"));
+            std::fs::create_dir_all(dir.join("sub")).unwrap();
+            std::fs::write(dir.join("sub/f"), b"x").unwrap();
+            store.purge_trash_in_background();
+        }
+        eventually("trash emptied", || {
+            !store.purging() && trash_entries(&store).is_empty()
+        })
+        .await;
+    }
+
+    #[test]
+    fn open_empties_the_trash() {
+        let root = tempfile::tempdir().unwrap();
+        {
+            let (store, _) = ImageStore::open(root.path()).unwrap();
+            std::fs::create_dir_all(store.trash_dir().join("layer-1/usr/bin")).unwrap();
+            std::fs::write(store.trash_dir().join("layer-1/usr/bin/sh"), b"x").unwrap();
+            std::fs::write(store.trash_dir().join("blob-1"), b"x").unwrap();
+        }
+        let (store, rec) = ImageStore::open(root.path()).unwrap();
+        assert_eq!(rec.trash_entries, 2);
+        assert!(trash_entries(&store).is_empty());
+    }
+
+    #[test]
+    fn a_layer_pulled_again_right_after_removal_is_published_under_its_old_name() {
+        let root = tempfile::tempdir().unwrap();
+        let (store, _) = ImageStore::open(root.path()).unwrap();
+        let chain = sha('1');
+        add_layer(&store, &chain);
+        std::fs::write(store.layer_dir(&chain).join("old"), b"old").unwrap();
+        store
+            .commit_image(image(
+                &sha('a'),
+                &["docker.io/library/a:latest"],
+                vec![layer(&chain, &chain)],
+            ))
+            .unwrap();
+        assert_eq!(store.remove_image(&sha('a')).unwrap(), 1);
+        assert_eq!(trash_entries(&store).len(), 1, "not purged yet");
+        // What a pull does: unpack into tmp/, publish under the chain ID, then the records.
+        let tmp = store.temp_path("layer");
+        std::fs::create_dir_all(&tmp).unwrap();
+        std::fs::write(tmp.join("new"), b"new").unwrap();
+        crate::image::durable::publish(&tmp, &store.layer_dir(&chain)).unwrap();
+        store
+            .layers
+            .put(
+                hex_of(&chain),
+                LayerRecord {
+                    chain_id: chain.clone(),
+                    diff_id: chain.clone(),
+                    parent: None,
+                    digest: chain.clone(),
+                    size: 1,
+                },
+            )
+            .unwrap();
+        store
+            .commit_image(image(
+                &sha('a'),
+                &["docker.io/library/a:latest"],
+                vec![layer(&chain, &chain)],
+            ))
+            .unwrap();
+        assert_eq!(
+            std::fs::read(store.layer_dir(&chain).join("new")).unwrap(),
+            b"new"
+        );
+        assert!(!store.layer_dir(&chain).join("old").exists());
+        // A purge after the re-pull only deletes the old copy.
+        assert_eq!(store.empty_trash().unwrap(), 1);
+        assert!(store.layer_dir(&chain).join("new").exists());
+        drop(store);
+        let (store, rec) = ImageStore::open(root.path()).unwrap();
+        assert_eq!(rec.orphan_layer_dirs + rec.layer_records_without_dir, 0);
+        assert!(store
+            .lookup("docker.io/library/a:latest", "docker.io")
+            .is_some());
+    }
+
+    #[test]
+    fn remove_unused_layers_trashes_only_what_no_image_uses() {
+        let root = tempfile::tempdir().unwrap();
+        let (store, _) = ImageStore::open(root.path()).unwrap();
+        for c in ['1', '2'] {
+            add_layer(&store, &sha(c));
+        }
+        store
+            .commit_image(image(
+                &sha('a'),
+                &["docker.io/library/a:latest"],
+                vec![layer(&sha('1'), &sha('1'))],
+            ))
+            .unwrap();
+        let freed = store
+            .remove_unused_layers(&[sha('1'), sha('2'), sha('9')])
+            .unwrap();
+        assert_eq!(freed, 1);
+        assert!(store.has_layer(&sha('1')) && store.layer_dir(&sha('1')).exists());
+        assert!(!store.has_layer(&sha('2')) && !store.layer_dir(&sha('2')).exists());
+        assert_eq!(trash_entries(&store).len(), 1);
     }
 
     #[test]

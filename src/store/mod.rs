@@ -6,7 +6,8 @@
 //! changes only after the disk write succeeded, so a crash at any moment leaves either the old or
 //! the new record, never a torn one. Changes to an existing record go through
 //! [`Collection::modify`] (read-modify-write under that record's own write lock). Must not hold a
-//! lock across I/O other than one record's write lock, or know about CRI types.
+//! lock across I/O other than one record's write lock (or, in [`Collection::remove_many`], the
+//! locks of its ids, taken in id order), or know about CRI types.
 //!
 //! File I/O is blocking; async callers use the `*_async` wrappers, which run it on the blocking pool.
 
@@ -363,6 +364,58 @@ impl<T: Record> Collection<T> {
             items.remove(id);
         }
         Ok(())
+    }
+
+    /// Removes several records with one fsync of the directory instead of one each: every file
+    /// is unlinked, then the directory fsynced, then memory updated, all under the records' write
+    /// locks (taken in id order, so two callers never wait on each other). Missing records are
+    /// fine. On an error, the records unlinked before it are still made durable and forgotten.
+    /// Blocking.
+    pub fn remove_many(&self, ids: &[&str]) -> Result<(), StoreError> {
+        let mut ids = ids.to_vec();
+        ids.sort_unstable();
+        ids.dedup();
+        let locks: Vec<_> = ids.iter().map(|id| self.write_lock(id)).collect();
+        let _held: Vec<_> = locks
+            .iter()
+            .map(|l| match l.lock() {
+                Ok(g) => g,
+                Err(poisoned) => poisoned.into_inner(),
+            })
+            .collect();
+        let mut unlinked = Vec::with_capacity(ids.len());
+        let mut failed = None;
+        for id in &ids {
+            let path = match self.path_of(id) {
+                Ok(p) => p,
+                Err(e) => {
+                    failed = Some(e);
+                    break;
+                }
+            };
+            match fs::remove_file(&path) {
+                Ok(()) => unlinked.push(*id),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => unlinked.push(*id),
+                Err(e) => {
+                    failed = Some(io_err(&path)(e));
+                    break;
+                }
+            }
+        }
+        if !unlinked.is_empty() {
+            File::open(&self.dir)
+                .and_then(|d| d.sync_all())
+                .map_err(io_err(&self.dir))?;
+            if let Ok(mut items) = self.items.write() {
+                for id in &unlinked {
+                    items.remove(*id);
+                }
+            }
+        }
+        match failed {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
     }
 
     /// [`Collection::put`] on the blocking pool.

@@ -204,3 +204,22 @@ fn concurrent_read_modify_writes_of_one_record_lose_no_update() {
     let (c, _) = Collection::<Rec>::open(dir.path()).unwrap();
     assert_eq!(c.get("a").unwrap().seq, 200);
 }
+
+#[test]
+fn remove_many_removes_from_disk_and_memory_and_tolerates_missing_ids() {
+    let dir = tempfile::tempdir().unwrap();
+    let (c, _) = Collection::<Rec>::open(dir.path()).unwrap();
+    for id in ["a", "b", "c"] {
+        c.put(id, rec(1, 4)).unwrap();
+    }
+    c.remove_many(&["c", "a", "never-existed", "a"]).unwrap();
+    let ids: Vec<String> = c.list().into_iter().map(|(id, _)| id).collect();
+    assert_eq!(ids, ["b"]);
+    assert!(!dir.path().join("rec/a.json").exists());
+    assert!(!dir.path().join("rec/c.json").exists());
+    assert!(c.remove_many(&["../x"]).is_err(), "ids stay confined");
+    drop(c);
+    let (c, _) = Collection::<Rec>::open(dir.path()).unwrap();
+    assert_eq!(c.list().len(), 1);
+    assert!(c.get("b").is_some());
+}
