@@ -159,7 +159,7 @@ impl Containers {
         match runtime.state(id) {
             Ok(Some(st)) if st.status == "running" || st.status == "paused" => {
                 tracing::warn!(container_id = %id, "record says created but the runtime says running (interrupted StartContainer): reconciled to running");
-                if let Err(e) = self.mark_started(id) {
+                if let Err(e) = self.mark_started(id, now_ns()) {
                     tracing::error!(container_id = %id, error = %e, "reconciling a started container failed");
                 }
             }

@@ -20,6 +20,9 @@ impl Containers {
         let this = self.clone();
         let started = Instant::now();
         crate::telemetry::spawn_blocking(move || {
+            // Taken before the start: the process cannot have run, or exited, any earlier (the
+            // monitor stamps the exit; a time taken after the start could come after it).
+            let requested_at = now_ns();
             if let Err(e) = runtime.start(&rec.id) {
                 // A start the runtime already did (the daemon died before recording it, and
                 // restore could not tell): the node is the truth.
@@ -31,7 +34,7 @@ impl Containers {
                 }
             }
             let runtime_start_us = started.elapsed().as_micros() as u64;
-            this.mark_started(&rec.id)?;
+            this.mark_started(&rec.id, requested_at)?;
             tracing::debug!(container_id = %rec.id, runtime_start_us, total_us = started.elapsed().as_micros() as u64, "start timing");
             Ok::<_, Error>(())
         })
@@ -44,16 +47,16 @@ impl Containers {
         Ok(())
     }
 
-    /// Records a start (Created → Running; a container that already exited stays Exited) and
-    /// publishes it, in record order.
-    pub(super) fn mark_started(&self, id: &str) -> Result<()> {
+    /// Records a start at `started_at` (Created → Running; a container that already exited
+    /// stays Exited) and publishes it, in record order.
+    pub(super) fn mark_started(&self, id: &str, started_at: i64) -> Result<()> {
         let modified = self.records.modify(
             id,
             |cur| {
                 let mut next = cur.clone();
                 // The exit watcher may have seen a short-lived process exit already: it
                 // stays Exited, and it started no later than it finished.
-                next.started_at = now_ns();
+                next.started_at = started_at;
                 if cur.state == ContainerState::Created {
                     next.state = ContainerState::Running;
                 } else if cur.state == ContainerState::Exited && cur.finished_at > 0 {

@@ -191,7 +191,7 @@ async fn bench(subject: &Subject) {
 }
 
 /// Deterministic bytes: half incompressible noise, half text, like real layers.
-fn layer_bytes(len: usize, seed: u64) -> Vec<u8> {
+pub fn layer_bytes(len: usize, seed: u64) -> Vec<u8> {
     let mut x = seed | 1;
     let mut out = Vec::with_capacity(len);
     while out.len() < len {

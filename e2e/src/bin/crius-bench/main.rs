@@ -71,6 +71,11 @@ enum Command {
         /// Runtimes for the floor
         #[arg(long = "floor-runtime", default_values = ["runc", "crun"])]
         floor_runtimes: Vec<String>,
+        /// Generate a 5-layer image of about this many MB (half compressible, gzip), push it to
+        /// the loopback registry and use it as --pull-image: PullImage is then a cold pull of a
+        /// big image on both (RemoveImage frees the blobs); 0: the small layered fixture
+        #[arg(long, default_value_t = 0)]
+        pull_mb: usize,
     },
     /// Bare `create` + `start` + `delete --force` of an OCI bundle with each runtime
     Floor {
@@ -171,11 +176,19 @@ fn main() -> ExitCode {
             crius_bin,
             no_containerd,
             floor_runtimes,
+            pull_mb,
         } => {
             set_crius_bin(crius_bin);
             runtime.block_on(async {
                 let mut report = Report::new();
-                match compare(workload, no_containerd, &floor_runtimes, &mut report).await {
+                let run = compare(
+                    workload,
+                    no_containerd,
+                    &floor_runtimes,
+                    pull_mb,
+                    &mut report,
+                );
+                match run.await {
                     Ok(ok) => finish(&report, json, ok),
                     Err(e) => {
                         eprintln!("crius-bench: {e:#}");
@@ -247,12 +260,22 @@ async fn compare(
     mut args: WorkloadArgs,
     no_containerd: bool,
     floor_runtimes: &[String],
+    pull_mb: usize,
     report: &mut Report,
 ) -> Result<bool> {
     let crius_bin = crius_bin()?;
     eprintln!("crius-bench: pushing the test images to a loopback registry");
     let images = peers::images()?;
     args.image.get_or_insert_with(|| images.busybox.clone());
+    if args.pull_image.is_none() && pull_mb > 0 {
+        eprintln!("crius-bench: generating and pushing a {pull_mb} MB, 5-layer image");
+        let (reference, compressed) = peers::big_image(&images.registry, pull_mb)?;
+        report.note(format!(
+            "pull image: {reference}, 5 gzip layers, {:.0} MB compressed, {pull_mb} MB unpacked",
+            compressed as f64 / 1e6
+        ));
+        args.pull_image = Some(reference);
+    }
     args.pull_image
         .get_or_insert_with(|| images.layered.clone());
     let plan = Plan::new(&args)?;

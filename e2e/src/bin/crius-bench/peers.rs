@@ -45,6 +45,31 @@ pub fn images() -> Result<Images> {
     })
 }
 
+/// A generated image of five single-file layers, `mb` MB unpacked in all (half noise, half
+/// text, like real layers), pushed to `registry`: its reference and compressed size.
+pub fn big_image(registry: &str, mb: usize) -> Result<(String, u64)> {
+    let layout = tempfile::tempdir()?;
+    let per_layer = (mb << 20) / 5;
+    let tars = (0..5)
+        .map(|i| {
+            crius_e2e::fixtures::single_file_tar(
+                &format!("layer{i}.bin"),
+                &crate::legacy::layer_bytes(per_layer, i as u64 + 1),
+            )
+        })
+        .collect::<std::io::Result<Vec<_>>>()?;
+    let image = crius_e2e::fixtures::write_custom_layout(layout.path(), "big", &tars)?;
+    let compressed = image.layers.iter().map(|l| l.blob.size).sum();
+    let reference = format!("{registry}/crius-bench/big{mb}:latest");
+    crius_e2e::registry::push_layout(
+        &format!("oci:{}:big", layout.path().display()),
+        &reference,
+        None,
+    )
+    .context("push the big image")?;
+    Ok((reference, compressed))
+}
+
 /// An OCI layout at `out` holding `pause`: busybox's layers, `sleep` forever as the command.
 fn pause_layout(src: &Path, busybox: &crius_e2e::fixtures::Image, out: &Path) -> Result<()> {
     let blobs = out.join("blobs/sha256");
