@@ -91,13 +91,17 @@ lint: deps
 
 # The side-by-side table: crius and Debian's containerd started on private dirs, the same CRI
 # workloads on both, interleaved, plus bare runc/crun create+start of crius's bundle; both
-# daemons are stopped afterwards. BENCH_ARGS adds flags (`BENCH_ARGS="-n 50 --json"`);
+# daemons are stopped afterwards. Both run their pods with runc (BENCH_HANDLER; crius's own
+# default is crun when installed, containerd's runc). BENCH_ARGS adds flags
+# (`BENCH_ARGS="-n 50 --json"`, `--pull-mb 100` for cold pulls of a big image);
 # `crius-bench --help` lists them and the other subcommands.
+BENCH_HANDLER ?= runc
 BENCH_ARGS ?=
 bench: build-release deps-test
 	$(call apt_install,containerd)
 	$(CARGO) build --release -p crius-e2e --bin crius-bench
-	./target/release/crius-bench compare --crius-bin $(CURDIR)/target/release/crius $(BENCH_ARGS)
+	./target/release/crius-bench compare --crius-bin $(CURDIR)/target/release/crius \
+		--runtime-handler $(BENCH_HANDLER) $(BENCH_ARGS)
 
 clean:
 	$(CARGO) clean

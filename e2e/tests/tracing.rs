@@ -171,24 +171,12 @@ async fn run_pod_sandbox_exports_its_span_tree_in_kubelets_trace() {
     // Spans come in batches (the rpc span ends after its children): gather until the tree is
     // there.
     let mut spans: Vec<Received> = Vec::new();
-    let deadline = Instant::now() + Duration::from_secs(60);
     let complete = |spans: &[Received]| {
         [RUN_POD_SPAN, "cni.add", "monitor.start"]
             .iter()
             .all(|n| spans.iter().any(|r| r.span.name == *n))
     };
-    while !complete(&spans) {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match tokio::time::timeout(left, rx.recv()).await {
-            Ok(Some(req)) => spans.extend(spans_of(req)),
-            Ok(None) => panic!("receiver closed"),
-            Err(_) => panic!(
-                "no RunPodSandbox span tree within 60 s; got {:?}\n--- daemon log ---\n{}",
-                spans.iter().map(|r| &r.span.name).collect::<Vec<_>>(),
-                d.log()
-            ),
-        }
-    }
+    gather(&mut rx, &mut spans, complete, &d).await;
 
     let rpc = spans.iter().find(|r| r.span.name == RUN_POD_SPAN).unwrap();
     assert_eq!(hex(&rpc.span.trace_id), TRACE_ID);
@@ -468,28 +456,7 @@ async fn image_pull_layers_and_container_create_and_start_have_their_spans() {
         .unwrap()
         .into_inner()
         .pod_sandbox_id;
-    let config = cri::ContainerConfig {
-        metadata: Some(cri::ContainerMetadata {
-            name: "sleeper".into(),
-            attempt: 0,
-        }),
-        image: Some(cri::ImageSpec {
-            image: image.clone(),
-            ..Default::default()
-        }),
-        command: vec!["sh".into(), "-c".into(), "sleep 600".into()],
-        linux: Some(cri::LinuxContainerConfig {
-            security_context: Some(cri::LinuxContainerSecurityContext {
-                namespace_options: Some(cri::NamespaceOption {
-                    pid: cri::NamespaceMode::Container as i32,
-                    ..Default::default()
-                }),
-                ..Default::default()
-            }),
-            ..Default::default()
-        }),
-        ..Default::default()
-    };
+    let config = pods::container("sleeper", &image, &["sh", "-c", "sleep 600"]);
     let container_id = rt
         .create_container(traced(
             cri::CreateContainerRequest {

@@ -421,15 +421,19 @@ mod tests {
             .get();
         assert_eq!(errors, 1);
 
-        // A deadline shorter than the margin ends at once; a handler ready at once still wins.
+        // A deadline shorter than the margin ends at once (a handler that is not ready at its
+        // first poll: a short sleep could be, on a busy machine); a handler ready at once
+        // still wins.
+        let started = Instant::now();
         let status = Rpc { op: "Version" }
             .run(&d, with_deadline(Duration::from_millis(1)), |_| async {
-                tokio::time::sleep(Duration::from_millis(1)).await;
+                tokio::time::sleep(Duration::from_secs(30)).await;
                 Ok(())
             })
             .await
             .unwrap_err();
         assert_eq!(status.code(), tonic::Code::DeadlineExceeded);
+        assert!(started.elapsed() < Duration::from_secs(5));
         Rpc { op: "Version" }
             .run(&d, with_deadline(Duration::ZERO), |_| async { Ok(()) })
             .await
