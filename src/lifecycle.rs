@@ -37,25 +37,31 @@ impl Daemon {
         let containers = self.containers()?.clone();
         let pod = self.sandboxes()?.resolve(&req.pod_sandbox_id)?;
         let images = self.images()?.clone();
-        // The container's image and its image volumes' images.
-        let names: Vec<String> = req
-            .config
-            .iter()
-            .flat_map(|c| {
-                c.image
-                    .iter()
-                    .chain(c.mounts.iter().filter_map(|m| m.image.as_ref()))
-            })
-            .map(|i| i.image.clone())
-            .collect();
-        let resolve = move || {
-            let mut ids: Vec<String> = names
+        // The container's image and its image volumes' images (with the mount's path), as
+        // named; an empty name is the create's own validation error.
+        let names: Vec<(String, Option<String>)> =
+            req.config
                 .iter()
-                .filter_map(|n| images.lookup(n).map(|r| r.id.clone()))
+                .flat_map(|c| {
+                    c.image.iter().map(|i| (i.image.clone(), None)).chain(
+                        c.mounts.iter().filter_map(|m| {
+                            m.image
+                                .as_ref()
+                                .map(|i| (i.image.clone(), Some(m.container_path.clone())))
+                        }),
+                    )
+                })
+                .filter(|(name, _)| !name.is_empty())
                 .collect();
-            ids.sort();
-            ids.dedup();
-            ids
+        // What each name resolves to now, in order (`None`: no such image).
+        let resolve = {
+            let names = names.clone();
+            move || -> Vec<Option<String>> {
+                names
+                    .iter()
+                    .map(|(n, _)| images.lookup(n).map(|r| r.id.clone()))
+                    .collect()
+            }
         };
         let locks = self.locks.clone();
         crate::telemetry::spawn(async move {
@@ -66,12 +72,25 @@ impl Daemon {
             // layers collected) under the create.
             let mut attempt = 0;
             let _held = loop {
-                let ids = resolve();
+                let resolved = resolve();
+                let mut ids: Vec<&String> = resolved.iter().flatten().collect();
+                ids.sort();
+                ids.dedup();
                 let mut held = Vec::with_capacity(ids.len());
-                for id in &ids {
+                for id in ids {
                     held.push(locks.images.read(id).await);
                 }
-                if resolve() == ids {
+                if resolve() == resolved {
+                    // A name that resolves to nothing is NotFound here: were the create to look
+                    // it up again, an image pulled meanwhile would be used without its lock.
+                    if let Some(((name, mount), _)) =
+                        names.iter().zip(&resolved).find(|(_, id)| id.is_none())
+                    {
+                        return Err(Error::NotFound(match mount {
+                            None => format!("image {} not found", crate::util::quote(name)),
+                            Some(path) => format!("mount {path}: image {name:?} not found"),
+                        }));
+                    }
                     break held;
                 }
                 attempt += 1;

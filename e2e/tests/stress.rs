@@ -245,7 +245,19 @@ async fn twenty_workers_of_mixed_operations_keep_every_invariant() {
         "stress: {} operations in {secs} s by 20 workers",
         shared.ops.load(Ordering::Relaxed)
     );
-    assert!(unexpected.is_empty(), "unexpected answers: {unexpected:#?}");
+    assert!(
+        unexpected.is_empty(),
+        "unexpected answers: {unexpected:#?}\n--- daemon log (warnings) ---\n{}",
+        b.d.log()
+            .lines()
+            .filter(|l| l.contains("WARN")
+                || l.contains("ERROR")
+                || l.contains("image removed")
+                || l.contains("layer flushed")
+                || l.contains("trash"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
 
     // Every status is true; every container's image is still there.
     let wrong = leaks::truth_violations(&b.d).await;

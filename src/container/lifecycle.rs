@@ -148,17 +148,40 @@ impl Containers {
             Err(e) => return Err(e),
         };
         let _held = self.locks.lock(&rec.id).await;
+        if self.records.get(&rec.id).is_none() {
+            return Ok(()); // removed by the call that held the lock before
+        }
+        // Registered before the record goes, so that nothing that waits for teardowns (an
+        // image removal) can miss this one; the teardown is started by the blocking task
+        // itself, so a client that goes away after the record is gone cannot prevent it.
+        let (done, rx) = tokio::sync::watch::channel(false);
+        lock(&self.teardowns).insert(
+            rec.id.clone(),
+            Teardown {
+                pod_id: rec.pod_id.clone(),
+                done: rx,
+            },
+        );
         let this = self.clone();
         let id = rec.id.clone();
-        let removed = crate::telemetry::spawn_blocking(move || {
-            this.stop_blocking(&id, Duration::ZERO)?;
-            this.forget_blocking(&id)
+        crate::telemetry::spawn_blocking(move || {
+            let removed = this
+                .stop_blocking(&id, Duration::ZERO)
+                .and_then(|()| this.forget_blocking(&id));
+            match removed {
+                Ok(Some(rec)) => {
+                    this.clone().teardown_in_background(rec, done);
+                    Ok(())
+                }
+                other => {
+                    lock(&this.teardowns).remove(&id);
+                    let _ = done.send(true);
+                    other.map(|_| ())
+                }
+            }
         })
         .await
         .map_err(join_err)??;
-        if let Some(rec) = removed {
-            self.teardown_in_background(rec);
-        }
         self.update_gauge();
         Ok(())
     }
@@ -180,18 +203,15 @@ impl Containers {
         Ok(Some(rec))
     }
 
-    /// Tears a removed container down on the blocking pool, registered so that what depends on
-    /// it can wait ([`Containers::wait_teardowns`]).
-    fn teardown_in_background(self: &Arc<Self>, rec: Arc<ContainerRecord>) {
-        let (done, rx) = tokio::sync::watch::channel(false);
-        lock(&self.teardowns).insert(
-            rec.id.clone(),
-            Teardown {
-                pod_id: rec.pod_id.clone(),
-                done: rx,
-            },
-        );
-        let this = self.clone();
+    /// Tears a removed container down on the blocking pool; `done` tells those waiting
+    /// ([`Containers::wait_teardowns`]) when it has ended. Needs the runtime's context (an async
+    /// worker or a blocking-pool thread).
+    fn teardown_in_background(
+        self: Arc<Self>,
+        rec: Arc<ContainerRecord>,
+        done: tokio::sync::watch::Sender<bool>,
+    ) {
+        let this = self;
         crate::telemetry::spawn_blocking(move || {
             let _span = tracing::info_span!("container.teardown", container_id = %rec.id).entered();
             let started = Instant::now();

@@ -277,8 +277,9 @@ impl Images {
         parent: Option<String>,
         limits: &Limits,
     ) -> Result<bool, ImageError> {
-        let lock = self.store.key_lock(chain);
-        let _held = lock.lock().await;
+        // Owned: the publish below takes it into its blocking task, so a pull cancelled meanwhile
+        // (its task aborted) cannot let another pull of this chain in while the files move.
+        let held = self.store.key_lock(chain).lock_owned().await;
         if let Some(layer) = self.store.layers.get(hex_of(chain)) {
             self.metrics.image_layers_reused_total.inc();
             if let Some((max, used)) = &limits.image {
@@ -384,14 +385,16 @@ impl Images {
         let layer_dir = self.store.layer_dir(chain);
         let (tmp, dest) = (tmp_layer.clone(), layer_dir.clone());
         let started = std::time::Instant::now();
-        let published = crate::telemetry::spawn_blocking(move || {
+        let (published, _held) = crate::telemetry::spawn_blocking(move || {
             // Under this chain's key lock and without its record, whatever sits at `dest` is an
             // orphan (the publish of a pull cancelled meanwhile): make way for this one.
-            remove_path(&dest)?;
-            durable::publish(&tmp, &dest).map_err(|source| ImageError::Io {
-                path: dest.clone(),
-                source,
-            })
+            let published = remove_path(&dest).and_then(|()| {
+                durable::publish(&tmp, &dest).map_err(|source| ImageError::Io {
+                    path: dest.clone(),
+                    source,
+                })
+            });
+            (published, held)
         })
         .await
         .map_err(blocking_err)?;
