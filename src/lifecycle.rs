@@ -157,7 +157,9 @@ impl Daemon {
         let images = self.images()?.clone();
         let containers = self.containers()?.clone();
         let Some(image) = images.lookup(query) else {
-            images.remove(query).await?;
+            // Nothing to remove. Not `images.remove(query)`: an image pulled meanwhile would be
+            // removed without its lock or the in-use check (the stress test caught it taking
+            // the layers from under containers being created).
             return Ok(());
         };
         let locks = self.locks.clone();
@@ -169,7 +171,8 @@ impl Daemon {
             }
             // Removed containers' rootfs mounts of its layers are gone first.
             containers.wait_teardowns(None).await;
-            images.remove(&query).await?;
+            // By the id locked above: the name may point at another image by now.
+            images.remove(&image.id).await?;
             Ok(())
         })
         .await
