@@ -257,6 +257,7 @@ async fn serve_in_runtime(cfg: config::Config, sources: Sources) -> anyhow::Resu
     );
     let metrics = metrics::Metrics::new().context("register metrics")?;
     let daemon = crius::daemon::Daemon::new(cfg, metrics, Some(sources));
+    tokio::spawn(crius::memory::trim_periodically());
     let result = app::run(
         daemon,
         listener,

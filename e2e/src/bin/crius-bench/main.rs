@@ -76,6 +76,10 @@ enum Command {
         /// big image on both (RemoveImage frees the blobs); 0: the small layered fixture
         #[arg(long, default_value_t = 0)]
         pull_mb: usize,
+        /// Seconds to wait after the workloads before the daemons' RSS is read (idle threads
+        /// exit, freed memory is returned)
+        #[arg(long, default_value_t = 0)]
+        settle_secs: u64,
     },
     /// Bare `create` + `start` + `delete --force` of an OCI bundle with each runtime
     Floor {
@@ -177,6 +181,7 @@ fn main() -> ExitCode {
             no_containerd,
             floor_runtimes,
             pull_mb,
+            settle_secs,
         } => {
             set_crius_bin(crius_bin);
             runtime.block_on(async {
@@ -185,7 +190,7 @@ fn main() -> ExitCode {
                     workload,
                     no_containerd,
                     &floor_runtimes,
-                    pull_mb,
+                    (pull_mb, settle_secs),
                     &mut report,
                 );
                 match run.await {
@@ -260,7 +265,7 @@ async fn compare(
     mut args: WorkloadArgs,
     no_containerd: bool,
     floor_runtimes: &[String],
-    pull_mb: usize,
+    (pull_mb, settle_secs): (usize, u64),
     report: &mut Report,
 ) -> Result<bool> {
     let crius_bin = crius_bin()?;
@@ -304,6 +309,11 @@ async fn compare(
     }
     for t in &targets {
         workload::sweep(&plan, t).await;
+    }
+    if settle_secs > 0 {
+        eprintln!("crius-bench: letting the daemons settle for {settle_secs} s");
+        tokio::time::sleep(std::time::Duration::from_secs(settle_secs)).await;
+        report.note(format!("RSS at the end read after {settle_secs} s idle"));
     }
     for (p, at_start) in peers.iter().zip(started_rss) {
         report.note(format!(
