@@ -138,27 +138,8 @@ impl Chaos {
         cri::CreateContainerRequest {
             pod_sandbox_id: pod.id.clone(),
             config: Some(cri::ContainerConfig {
-                metadata: Some(cri::ContainerMetadata {
-                    name: name.clone(),
-                    attempt: 0,
-                }),
-                image: Some(cri::ImageSpec {
-                    image: self.b.image.clone(),
-                    ..Default::default()
-                }),
-                command: vec!["sleep".into(), "1000".into()],
                 log_path: format!("{name}.log"),
-                linux: Some(cri::LinuxContainerConfig {
-                    security_context: Some(cri::LinuxContainerSecurityContext {
-                        namespace_options: Some(cri::NamespaceOption {
-                            pid: cri::NamespaceMode::Container as i32,
-                            ..Default::default()
-                        }),
-                        ..Default::default()
-                    }),
-                    ..Default::default()
-                }),
-                ..Default::default()
+                ..pods::container(&name, &self.b.image, &["sleep", "1000"])
             }),
             sandbox_config: sandbox.config,
         }

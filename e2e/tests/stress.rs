@@ -66,27 +66,8 @@ async fn worker(d: Arc<BusyboxDaemon>, shared: Arc<Shared>, seed: u64, until: In
                 rt.create_container(cri::CreateContainerRequest {
                     pod_sandbox_id: pod.0.clone(),
                     config: Some(cri::ContainerConfig {
-                        metadata: Some(cri::ContainerMetadata {
-                            name: name.clone(),
-                            attempt: 0,
-                        }),
-                        image: Some(cri::ImageSpec {
-                            image,
-                            ..Default::default()
-                        }),
-                        command: vec!["sleep".into(), "1000".into()],
                         log_path: format!("{name}.log"),
-                        linux: Some(cri::LinuxContainerConfig {
-                            security_context: Some(cri::LinuxContainerSecurityContext {
-                                namespace_options: Some(cri::NamespaceOption {
-                                    pid: cri::NamespaceMode::Container as i32,
-                                    ..Default::default()
-                                }),
-                                ..Default::default()
-                            }),
-                            ..Default::default()
-                        }),
-                        ..Default::default()
+                        ..pods::container(&name, &image, &["sleep", "1000"])
                     }),
                     sandbox_config: Some(pod.1.clone()),
                 })
@@ -366,27 +347,8 @@ async fn a_thousand_pod_churn_leaks_nothing_and_memory_settles() {
                         .create_container(cri::CreateContainerRequest {
                             pod_sandbox_id: pod.clone(),
                             config: Some(cri::ContainerConfig {
-                                metadata: Some(cri::ContainerMetadata {
-                                    name: "c".into(),
-                                    attempt: 0,
-                                }),
-                                image: Some(cri::ImageSpec {
-                                    image: b.image.clone(),
-                                    ..Default::default()
-                                }),
-                                command: vec!["sleep".into(), "1000".into()],
                                 log_path: "c.log".into(),
-                                linux: Some(cri::LinuxContainerConfig {
-                                    security_context: Some(cri::LinuxContainerSecurityContext {
-                                        namespace_options: Some(cri::NamespaceOption {
-                                            pid: cri::NamespaceMode::Container as i32,
-                                            ..Default::default()
-                                        }),
-                                        ..Default::default()
-                                    }),
-                                    ..Default::default()
-                                }),
-                                ..Default::default()
+                                ..pods::container("c", &b.image, &["sleep", "1000"])
                             }),
                             sandbox_config: Some(config),
                         })
