@@ -119,16 +119,27 @@ impl Containers {
             }
         }
         note_signal(SIGKILL);
+        let t0 = Instant::now();
         if let Err(e) = runtime.kill(id, SIGKILL, true) {
             tracing::debug!(container_id = %id, error = %e, "SIGKILL not delivered");
         }
+        let t_kill = t0.elapsed();
         if !self.wait_exit(&rec, Duration::from_secs(10)) {
             return Err(Error::DeadlineExceeded(format!(
                 "container {id} did not exit after SIGKILL"
             )));
         }
+        let t_exit = t0.elapsed();
         self.refresh_with(id, Some(SIGKILL))?;
-        tracing::info!(container_id = %id, "container stopped");
+        // Where the time went (microseconds, each phase on its own).
+        let us = |d: Duration| d.as_micros() as u64;
+        tracing::info!(
+            container_id = %id,
+            runtime_kill_us = us(t_kill),
+            exit_wait_us = us(t_exit - t_kill),
+            record_us = us(t0.elapsed() - t_exit),
+            "container stopped"
+        );
         Ok(())
     }
 

@@ -542,9 +542,11 @@ impl Sandboxes {
             return Ok(());
         }
         // Containers of the pod are stopped here once they exist (issue 5).
+        let t0 = Instant::now();
         if let Some(infra_proc) = &rec.infra {
             infra::kill(infra_proc)?;
         }
+        let t_infra = t0.elapsed();
         if let Some(net) = rec.ns_path("net") {
             let started = Instant::now();
             self.network.teardown(&PodNetwork {
@@ -556,14 +558,25 @@ impl Sandboxes {
                 .pod_network_teardown_seconds
                 .observe(started.elapsed().as_secs_f64());
         }
+        let t_network = t0.elapsed();
         crius_cni::remove_pinned(&rec.ns_dir()).map_err(|e| Error::Internal(e.to_string()))?;
         files::unmount_shm(&rec.shm_path()).map_err(io_err("unmount", &rec.shm_path()))?;
+        let t_namespaces = t0.elapsed();
         let mut next = (*rec).clone();
         next.state = rec.state.transition(SandboxState::NotReady, id)?;
         next.pinned.clear();
         next.ips.clear();
         let stored = self.records.put(id, next)?;
-        tracing::info!(pod_id = %id, "pod sandbox stopped");
+        // Where the time went (microseconds, each phase on its own).
+        let us = |d: std::time::Duration| d.as_micros() as u64;
+        tracing::info!(
+            pod_id = %id,
+            infra_us = us(t_infra),
+            network_us = us(t_network - t_infra),
+            namespaces_us = us(t_namespaces - t_network),
+            record_us = us(t0.elapsed() - t_namespaces),
+            "pod sandbox stopped"
+        );
         self.events.publish(id, EventKind::Stopped, Some(stored));
         Ok(())
     }
