@@ -2,7 +2,6 @@
 //! monitor); the record is written last.
 
 use super::*;
-use tracing::Instrument;
 
 impl Containers {
     /// CreateContainer.
@@ -49,33 +48,30 @@ impl Containers {
         })?;
         let key = record::name_key(&pod.id, &meta.name, meta.attempt);
         let this = self.clone();
-        tokio::spawn(
-            async move {
-                let _held = this.creating.lock(&key).await;
-                if let Some(existing) = lock(&this.names).get(&key).cloned() {
-                    return Err(Error::AlreadyExists(format!(
+        crate::telemetry::spawn(async move {
+            let _held = this.creating.lock(&key).await;
+            if let Some(existing) = lock(&this.names).get(&key).cloned() {
+                return Err(Error::AlreadyExists(format!(
                     "container {:?} (attempt {}) already exists in pod sandbox {} as {existing}",
                     meta.name, meta.attempt, pod.id
                 )));
-                }
-                let started = Instant::now();
-                let worker = this.clone();
-                let rec = crate::telemetry::spawn_blocking(move || {
-                    worker.create_blocking(&pod, config, &image)
-                })
-                .await
-                .map_err(join_err)??;
-                this.metrics
-                    .container_create_seconds
-                    .observe(started.elapsed().as_secs_f64());
-                lock(&this.names).insert(key, rec.id.clone());
-                this.update_gauge();
-                this.publish(&rec, EventKind::Created);
-                this.watch_exit(&rec);
-                Ok(rec.id.clone())
             }
-            .instrument(tracing::Span::current()),
-        )
+            let started = Instant::now();
+            let worker = this.clone();
+            let rec = crate::telemetry::spawn_blocking(move || {
+                worker.create_blocking(&pod, config, &image)
+            })
+            .await
+            .map_err(join_err)??;
+            this.metrics
+                .container_create_seconds
+                .observe(started.elapsed().as_secs_f64());
+            lock(&this.names).insert(key, rec.id.clone());
+            this.update_gauge();
+            this.publish(&rec, EventKind::Created);
+            this.watch_exit(&rec);
+            Ok(rec.id.clone())
+        })
         .await
         .map_err(join_err)?
     }

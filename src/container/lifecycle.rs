@@ -33,9 +33,7 @@ impl Containers {
                     _ => return Err(e.into()),
                 }
             }
-            let runtime_start_us = started.elapsed().as_micros() as u64;
             this.mark_started(&rec.id, requested_at)?;
-            tracing::debug!(container_id = %rec.id, runtime_start_us, total_us = started.elapsed().as_micros() as u64, "start timing");
             Ok::<_, Error>(())
         })
         .await

@@ -28,7 +28,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use crius_cni::NsKind;
-use tracing::Instrument;
 
 use crate::cgroups::Cgroups;
 use crate::error::{Error, Result};
@@ -257,28 +256,25 @@ impl Sandboxes {
         let this = self.clone();
         // The create runs in its own task holding the name lock: a client that gives up does
         // not cancel it, and its retry waits for it and gets its id.
-        tokio::spawn(
-            async move {
-                let _held = this.creating.lock(&key).await;
-                if let Some(id) = lock(&this.names).get(&key).cloned() {
-                    tracing::info!(pod_id = %id, "RunPodSandbox retry: returning the existing pod");
-                    return Ok(id);
-                }
-                let worker = this.clone();
-                let rec =
-                    crate::telemetry::spawn_blocking(move || worker.create_blocking(spec, config))
-                        .await
-                        .map_err(join_err)??;
-                lock(&this.names).insert(key, rec.id.clone());
-                this.update_gauge();
-                this.events
-                    .publish(&rec.id, EventKind::Created, Some(rec.clone()));
-                this.events
-                    .publish(&rec.id, EventKind::Started, Some(rec.clone()));
-                Ok(rec.id.clone())
+        crate::telemetry::spawn(async move {
+            let _held = this.creating.lock(&key).await;
+            if let Some(id) = lock(&this.names).get(&key).cloned() {
+                tracing::info!(pod_id = %id, "RunPodSandbox retry: returning the existing pod");
+                return Ok(id);
             }
-            .instrument(tracing::Span::current()),
-        )
+            let worker = this.clone();
+            let rec =
+                crate::telemetry::spawn_blocking(move || worker.create_blocking(spec, config))
+                    .await
+                    .map_err(join_err)??;
+            lock(&this.names).insert(key, rec.id.clone());
+            this.update_gauge();
+            this.events
+                .publish(&rec.id, EventKind::Created, Some(rec.clone()));
+            this.events
+                .publish(&rec.id, EventKind::Started, Some(rec.clone()));
+            Ok(rec.id.clone())
+        })
         .await
         .map_err(join_err)?
     }
