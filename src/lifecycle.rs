@@ -148,7 +148,9 @@ impl Daemon {
     /// Waits for removed containers' teardowns (a graceful shutdown lets them finish).
     pub async fn settle(&self) {
         if let Ok(containers) = self.containers() {
-            containers.wait_teardowns(None).await;
+            if let Err(e) = containers.wait_teardowns(|_| true).await {
+                tracing::warn!(error = %e, "a container teardown failed again; the next start retries it");
+            }
         }
     }
 
@@ -170,7 +172,9 @@ impl Daemon {
                 return Err(crate::image::ImageError::InUse(query, container).into());
             }
             // Removed containers' rootfs mounts of its layers are gone first.
-            containers.wait_teardowns(None).await;
+            containers
+                .wait_teardowns(|r| r.uses_image(&image.id))
+                .await?;
             // By the id locked above: the name may point at another image by now.
             images.remove(&image.id).await?;
             Ok(())

@@ -167,8 +167,9 @@ impl Containers {
         lock(&self.teardowns).insert(
             rec.id.clone(),
             Teardown {
-                pod_id: rec.pod_id.clone(),
+                rec: rec.clone(),
                 done: rx,
+                failed: false,
             },
         );
         let this = self.clone();
@@ -226,13 +227,16 @@ impl Containers {
             let started = Instant::now();
             match this.teardown_blocking(&rec) {
                 Ok(()) => {
-                    tracing::debug!(container_id = %rec.id, elapsed_ms = started.elapsed().as_millis() as u64, "container torn down")
+                    tracing::debug!(container_id = %rec.id, elapsed_ms = started.elapsed().as_millis() as u64, "container torn down");
+                    lock(&this.teardowns).remove(&rec.id);
                 }
                 Err(e) => {
-                    tracing::warn!(container_id = %rec.id, error = %e, "container teardown failed; the next start retries it")
+                    tracing::warn!(container_id = %rec.id, error = %e, "container teardown failed; retried by the pod's or an image's removal, else at the next start");
+                    if let Some(t) = lock(&this.teardowns).get_mut(&rec.id) {
+                        t.failed = true;
+                    }
                 }
             }
-            lock(&this.teardowns).remove(&rec.id);
             let _ = done.send(true);
         });
     }
@@ -259,17 +263,38 @@ impl Containers {
         Ok(())
     }
 
-    /// Waits until the teardowns of removed containers (of `pod_id`, or all) have finished.
-    pub async fn wait_teardowns(&self, pod_id: Option<&str>) {
+    /// Waits until the teardowns of the removed containers `which` selects have finished, then
+    /// retries those that failed; an error names the first that fails again (the caller, a pod
+    /// or image removal, fails with it and its retry tries again).
+    pub async fn wait_teardowns(
+        self: &Arc<Self>,
+        which: impl Fn(&ContainerRecord) -> bool,
+    ) -> Result<()> {
         let pending: Vec<tokio::sync::watch::Receiver<bool>> = lock(&self.teardowns)
             .values()
-            .filter(|t| pod_id.is_none_or(|p| t.pod_id == p))
+            .filter(|t| which(&t.rec))
             .map(|t| t.done.clone())
             .collect();
         for mut done in pending {
             // A dropped sender (a panicked task) ends the wait as well.
             let _ = done.wait_for(|d| *d).await;
         }
+        let failed: Vec<Arc<ContainerRecord>> = lock(&self.teardowns)
+            .values()
+            .filter(|t| t.failed && which(&t.rec))
+            .map(|t| t.rec.clone())
+            .collect();
+        for rec in failed {
+            let this = self.clone();
+            crate::telemetry::spawn_blocking(move || {
+                this.teardown_blocking(&rec)?;
+                lock(&this.teardowns).remove(&rec.id);
+                Ok::<_, Error>(())
+            })
+            .await
+            .map_err(join_err)??;
+        }
+        Ok(())
     }
 
     /// Stops every container of a pod (StopPodSandbox).
@@ -286,8 +311,7 @@ impl Containers {
         for id in self.in_pod(pod_id) {
             self.remove(&id).await?;
         }
-        self.wait_teardowns(Some(pod_id)).await;
-        Ok(())
+        self.wait_teardowns(|r| r.pod_id == pod_id).await
     }
 
     /// UpdateContainerResources.

@@ -114,11 +114,15 @@ pub struct Containers {
     teardowns: Mutex<HashMap<String, Teardown>>,
 }
 
-/// A removed container's teardown in progress.
+/// A removed container's teardown, in progress or failed.
 struct Teardown {
-    pod_id: String,
+    /// The container's record as it was removed.
+    rec: Arc<ContainerRecord>,
     /// Becomes `true` when the teardown ended (done or failed).
     done: tokio::sync::watch::Receiver<bool>,
+    /// It failed: [`Containers::wait_teardowns`] retries it (the record is gone, so nothing
+    /// else would before the next start).
+    failed: bool,
 }
 
 /// Upgrades a version 1 record (config and resources as base64 protobuf) to typed fields.
