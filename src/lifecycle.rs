@@ -71,7 +71,7 @@ impl Daemon {
             // lookup and the lock would otherwise be used unlocked, and could be removed (its
             // layers collected) under the create.
             let mut attempt = 0;
-            let _held = loop {
+            let (_held, pins) = loop {
                 let resolved = resolve();
                 let mut ids: Vec<&String> = resolved.iter().flatten().collect();
                 ids.sort();
@@ -91,7 +91,12 @@ impl Daemon {
                             Some(path) => format!("mount {path}: image {name:?} not found"),
                         }));
                     }
-                    break held;
+                    let pins: crate::container::ImagePins = names
+                        .iter()
+                        .zip(resolved)
+                        .filter_map(|((name, _), id)| Some((name.clone(), id?)))
+                        .collect();
+                    break (held, pins);
                 }
                 attempt += 1;
                 if attempt >= 5 {
@@ -101,8 +106,9 @@ impl Daemon {
                     ));
                 }
             };
-            // The pod's readiness and the images are checked again inside, under the locks.
-            containers.create(req).await
+            // The pod's readiness is checked again inside, under its lock; the images are the
+            // locked ones, whatever their names resolve to by then.
+            containers.create(req, pins).await
         })
         .await
         .map_err(join_err)?

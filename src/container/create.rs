@@ -4,8 +4,14 @@
 use super::*;
 
 impl Containers {
-    /// CreateContainer.
-    pub async fn create(self: &Arc<Self>, req: cri::CreateContainerRequest) -> Result<String> {
+    /// CreateContainer. `pins` maps image names (the container's and its image volumes') to
+    /// the image ids the caller locked: those are used, never what the name resolves to by now
+    /// (a pull may have moved the tag to an image nobody locked). Names not pinned are looked up.
+    pub async fn create(
+        self: &Arc<Self>,
+        req: cri::CreateContainerRequest,
+        pins: ImagePins,
+    ) -> Result<String> {
         let config = req
             .config
             .clone()
@@ -40,7 +46,7 @@ impl Containers {
         if image_name.is_empty() {
             return Err(Error::InvalidArgument("container image is required".into()));
         }
-        let image = self.images.lookup(&image_name).ok_or_else(|| {
+        let image = self.pinned_image(&image_name, &pins).ok_or_else(|| {
             Error::NotFound(format!(
                 "image {} not found",
                 crate::util::quote(&image_name)
@@ -59,7 +65,7 @@ impl Containers {
             let started = Instant::now();
             let worker = this.clone();
             let rec = crate::telemetry::spawn_blocking(move || {
-                worker.create_blocking(&pod, config, &image)
+                worker.create_blocking(&pod, config, &image, &pins)
             })
             .await
             .map_err(join_err)??;
@@ -76,14 +82,27 @@ impl Containers {
         .map_err(join_err)?
     }
 
+    /// The image `name` was pinned to, else what it resolves to now.
+    fn pinned_image(
+        &self,
+        name: &str,
+        pins: &ImagePins,
+    ) -> Option<Arc<crate::image::store::ImageRecord>> {
+        match pins.get(name) {
+            Some(id) => self.images.lookup(id),
+            None => self.images.lookup(name),
+        }
+    }
+
     pub(super) fn create_blocking(
         &self,
         pod: &SandboxRecord,
         config: cri::ContainerConfig,
         image: &crate::image::store::ImageRecord,
+        pins: &ImagePins,
     ) -> Result<Arc<ContainerRecord>> {
         let mut undo = Rollback::new();
-        let result = self.create_steps(pod, config, image, &mut undo);
+        let result = self.create_steps(pod, config, image, pins, &mut undo);
         if result.is_ok() {
             undo.disarm();
         }
@@ -95,6 +114,7 @@ impl Containers {
         pod: &SandboxRecord,
         config: cri::ContainerConfig,
         image: &crate::image::store::ImageRecord,
+        pins: &ImagePins,
         undo: &mut Rollback,
     ) -> Result<Arc<ContainerRecord>> {
         let runtime = self.runtime(&pod.spec.runtime_handler)?.clone();
@@ -213,7 +233,7 @@ impl Containers {
             .filter(|m| spec::is_image_volume(m))
         {
             let name = m.image.as_ref().map(|i| i.image.as_str()).unwrap_or("");
-            let volume_image = self.images.lookup(name).ok_or_else(|| {
+            let volume_image = self.pinned_image(name, pins).ok_or_else(|| {
                 Error::NotFound(format!(
                     "mount {}: image {name:?} not found",
                     m.container_path

@@ -54,6 +54,9 @@ use crate::store::{Collection, LoadReport, Modified};
 use crate::util::{io_err, join_err, lock, new_id, now_ns};
 pub use record::{ContainerRecord, ContainerState, UserRecord};
 
+/// Image names a CreateContainer resolved and locked, to the image ids they resolved to.
+pub type ImagePins = HashMap<String, String>;
+
 /// Paths and host facts the container domain needs.
 #[derive(Debug, Clone)]
 pub struct Settings {

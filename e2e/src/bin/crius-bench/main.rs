@@ -298,6 +298,23 @@ async fn compare(
     let endpoints: Vec<String> = peers.iter().map(|p| p.endpoint()).collect();
     let mut targets = connect_all(&endpoints).await?;
     let started_rss: Vec<String> = peers.iter().map(|p| rss_kib(p.pid())).collect();
+    // RSS once each daemon has run one pod + container lifecycle: its code pages for every
+    // lifecycle step are mapped then, so growth from here to the end is what the workloads
+    // themselves leave behind.
+    let mut warm_rss = Vec::new();
+    for (p, t) in peers.iter().zip(targets.iter_mut()) {
+        let warmed = async {
+            workload::pull(t, &plan.image).await?;
+            workload::warm_up(&plan, t).await
+        };
+        match warmed.await {
+            Ok(()) => warm_rss.push(rss_kib(p.pid())),
+            Err(e) => {
+                report.note(format!("{}: warm-up lifecycle: {e:#}", p.name));
+                warm_rss.push("?".into());
+            }
+        }
+    }
     let mut ok = workload::run(&plan, &mut targets, report).await;
     // The floor: crius's own bundle for a container of the same image and command.
     match workload::crius_bundle(&plan, &mut targets[0]).await {
@@ -315,9 +332,10 @@ async fn compare(
         tokio::time::sleep(std::time::Duration::from_secs(settle_secs)).await;
         report.note(format!("RSS at the end read after {settle_secs} s idle"));
     }
-    for (p, at_start) in peers.iter().zip(started_rss) {
+    for ((p, at_start), warm) in peers.iter().zip(started_rss).zip(warm_rss) {
         report.note(format!(
-            "{} daemon RSS after start: {at_start} KiB, at the end: {} KiB",
+            "{} daemon RSS in KiB after start: {at_start}, after one pod+container lifecycle: \
+             {warm}, at the end: {}",
             p.name,
             rss_kib(p.pid())
         ));
@@ -329,14 +347,25 @@ async fn compare(
     Ok(ok)
 }
 
-/// `VmRSS` of `pid` in KiB, `?` when unreadable.
+/// `VmRSS` of `pid` in KiB with its split: anonymous (the daemon's own heap, stacks and
+/// arenas) and file-backed (the pages of its binary and libraries that were mapped in, shared
+/// and clean); `?` when unreadable.
 fn rss_kib(pid: u32) -> String {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .map(|l| l.split_whitespace().nth(1).unwrap_or("?").to_owned())
-        })
-        .unwrap_or_else(|| "?".into())
+    let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
+        return "?".into();
+    };
+    let field = |name: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .unwrap_or("?")
+            .to_owned()
+    };
+    format!(
+        "{} (anon {}, file {})",
+        field("VmRSS:"),
+        field("RssAnon:"),
+        field("RssFile:")
+    )
 }

@@ -360,7 +360,7 @@ pub async fn run(plan: &Plan, targets: &mut [Target], report: &mut Report) -> bo
     ok
 }
 
-async fn pull(t: &mut Target, image: &str) -> Result<String> {
+pub async fn pull(t: &mut Target, image: &str) -> Result<String> {
     Ok(t.img
         .pull_image(cri::PullImageRequest {
             image: Some(spec(image)),
@@ -602,6 +602,12 @@ async fn churn(plan: &Plan, t: &Target) -> Result<(Vec<Duration>, Duration)> {
         Some(e) => Err(e),
         None => Ok((all, wall)),
     }
+}
+
+/// One pod + container lifecycle (the churn's unit), outside any measurement: `compare` reads
+/// the daemons' RSS after it, once the code of every lifecycle step has run.
+pub async fn warm_up(plan: &Plan, t: &mut Target) -> Result<()> {
+    lifecycle(plan, t, usize::MAX).await
 }
 
 async fn lifecycle(plan: &Plan, t: &mut Target, i: usize) -> Result<()> {
