@@ -167,6 +167,9 @@ impl Daemon {
                 .map_err(|e| tracing::warn!(error = %e, "no cgroup hierarchies; pod cgroup parents are not managed"))
                 .ok();
                 let monitor = monitor_binary(&config.runtime.monitor_path);
+                if !monitor.is_file() {
+                    tracing::error!(monitor = %monitor.display(), "the container monitor is not installed: every CreateContainer will fail until it is (set [runtime] monitor_path)");
+                }
                 let user_namespaces = crate::sandbox::userns::probe(
                     &monitor,
                     &config.state.runroot.join("userns-probe"),

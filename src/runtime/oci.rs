@@ -33,11 +33,23 @@ pub enum RuntimeError {
     },
     #[error("exec in {id} timed out after {timeout:?}")]
     Timeout { id: String, timeout: Duration },
-    #[error("start {what}: {source}")]
+    #[error("start {what}: {source}{}", missing_hint(source))]
     Spawn {
         what: String,
         source: std::io::Error,
     },
+}
+
+/// What to do about a binary that is not there: a node set up wrongly, not a daemon fault.
+fn missing_hint(source: &std::io::Error) -> &'static str {
+    match source.kind() {
+        std::io::ErrorKind::NotFound => {
+            " (not installed where configured: a bare name is looked up on PATH, crius-conmon \
+             first beside the crius binary; set the handler's `path`/`monitor_path` or \
+             [runtime] monitor_path)"
+        }
+        _ => "",
+    }
 }
 
 impl RuntimeError {
@@ -45,6 +57,9 @@ impl RuntimeError {
         match self {
             RuntimeError::NotFound { .. } => ErrorKind::NotFound,
             RuntimeError::Timeout { .. } => ErrorKind::DeadlineExceeded,
+            RuntimeError::Spawn { source, .. } if source.kind() == std::io::ErrorKind::NotFound => {
+                ErrorKind::FailedPrecondition
+            }
             RuntimeError::Failed { .. } | RuntimeError::Spawn { .. } => ErrorKind::Internal,
         }
     }
@@ -55,6 +70,7 @@ impl From<RuntimeError> for Error {
         match e.kind() {
             ErrorKind::NotFound => Error::NotFound(e.to_string()),
             ErrorKind::DeadlineExceeded => Error::DeadlineExceeded(e.to_string()),
+            ErrorKind::FailedPrecondition => Error::FailedPrecondition(e.to_string()),
             _ => Error::Internal(e.to_string()),
         }
     }
@@ -848,6 +864,29 @@ async fn read_bounded<R: tokio::io::AsyncRead + Unpin>(stream: Option<&mut R>) -
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_missing_binary_is_a_failed_precondition_that_says_where_to_configure_it() {
+        let missing = RuntimeError::Spawn {
+            what: "monitor crius-conmon".into(),
+            source: std::io::Error::from(std::io::ErrorKind::NotFound),
+        };
+        match Error::from(missing) {
+            Error::FailedPrecondition(m) => {
+                assert!(m.starts_with("start monitor crius-conmon: "), "{m}");
+                assert!(m.contains("monitor_path"), "{m}");
+            }
+            other => panic!("{other:?}"),
+        }
+        let denied = RuntimeError::Spawn {
+            what: "runc create".into(),
+            source: std::io::Error::from(std::io::ErrorKind::PermissionDenied),
+        };
+        match Error::from(denied) {
+            Error::Internal(m) => assert!(!m.contains("monitor_path"), "{m}"),
+            other => panic!("{other:?}"),
+        }
+    }
 
     #[test]
     fn runtime_state_parses() {
