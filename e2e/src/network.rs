@@ -47,7 +47,7 @@ impl TestNetwork {
             .prefix("crius-e2e-ipam-")
             .tempdir()
             .expect("ipam dir");
-        TestNetwork {
+        let net = TestNetwork {
             name: format!("crius-e2e-{pid}-{n}"),
             bridge: format!("cre{}x{n}", pid % 100_000),
             prefix: format!("10.{}.{}", 150 + pid % 50, n % 256),
@@ -55,7 +55,13 @@ impl TestNetwork {
             ipv6_subnet: None,
             n,
             _tmp: tmp,
-        }
+        };
+        // The names come from our pid, so a bridge or nat rules already under them were left
+        // by a dead process that had the same pid (pids wrap at 32768 here), e.g. a run killed
+        // before its cleanup: their veths would be counted as ours.
+        let _ = run("ip", &["link", "del", &net.bridge]);
+        net.remove_nat_rules();
+        net
     }
 
     /// A dual-stack network: host-local also hands out an address from a unique-local IPv6

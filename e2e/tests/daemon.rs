@@ -190,6 +190,24 @@ async fn status_lists_the_default_handler_under_the_empty_name_with_its_features
         .into_inner();
     let config: serde_json::Value = serde_json::from_str(&status.info["config"]).unwrap();
     assert_eq!(config["runtime"]["default_handler"], "runc", "{config}");
+    // A pod asking for the missing one is refused up front, naming what to install or set,
+    // and leaves nothing behind.
+    let mut rt = d2.runtime().await;
+    let mut req = pods::pod("no-crun");
+    req.runtime_handler = "crun".into();
+    let err = rt.run_pod_sandbox(req).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::FailedPrecondition, "{err:?}");
+    assert!(
+        err.message().contains("/nonexistent/crun is not installed"),
+        "{err:?}"
+    );
+    let listed = rt
+        .list_pod_sandbox(cri::ListPodSandboxRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .items;
+    assert!(listed.is_empty(), "{listed:?}");
     drop(d);
 }
 

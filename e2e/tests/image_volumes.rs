@@ -48,15 +48,6 @@ async fn run_pod(
 /// volume is read-only whatever the request says).
 fn with_volume(busybox: &str, volume: &str) -> cri::ContainerConfig {
     cri::ContainerConfig {
-        metadata: Some(cri::ContainerMetadata {
-            name: "c".into(),
-            attempt: 0,
-        }),
-        image: Some(cri::ImageSpec {
-            image: busybox.into(),
-            ..Default::default()
-        }),
-        command: vec!["sleep".into(), "1000".into()],
         mounts: vec![cri::Mount {
             container_path: "/vol".into(),
             image: Some(cri::ImageSpec {
@@ -65,17 +56,7 @@ fn with_volume(busybox: &str, volume: &str) -> cri::ContainerConfig {
             }),
             ..Default::default()
         }],
-        linux: Some(cri::LinuxContainerConfig {
-            security_context: Some(cri::LinuxContainerSecurityContext {
-                namespace_options: Some(cri::NamespaceOption {
-                    pid: cri::NamespaceMode::Container as i32,
-                    ..Default::default()
-                }),
-                ..Default::default()
-            }),
-            ..Default::default()
-        }),
-        ..Default::default()
+        ..pods::container("c", busybox, &["sleep", "1000"])
     }
 }
 

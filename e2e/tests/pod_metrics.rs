@@ -31,33 +31,17 @@ async fn run_container(
     name: &str,
     script: &str,
 ) -> String {
-    let config = cri::ContainerConfig {
-        metadata: Some(cri::ContainerMetadata {
-            name: name.into(),
-            attempt: 0,
-        }),
-        image: Some(cri::ImageSpec {
-            image: image.into(),
-            ..Default::default()
-        }),
-        command: vec!["sh".into(), "-c".into(), script.into()],
-        linux: Some(cri::LinuxContainerConfig {
-            security_context: Some(cri::LinuxContainerSecurityContext {
-                namespace_options: Some(cri::NamespaceOption {
-                    pid: cri::NamespaceMode::Container as i32,
-                    ..Default::default()
-                }),
-                // For ping.
-                capabilities: Some(cri::Capability {
-                    add_capabilities: vec!["NET_RAW".into()],
-                    ..Default::default()
-                }),
-                ..Default::default()
-            }),
-            ..Default::default()
-        }),
+    let mut config = pods::container(name, image, &["sh", "-c", script]);
+    let sc = config
+        .linux
+        .as_mut()
+        .and_then(|l| l.security_context.as_mut())
+        .expect("pods::container sets a security context");
+    // For ping.
+    sc.capabilities = Some(cri::Capability {
+        add_capabilities: vec!["NET_RAW".into()],
         ..Default::default()
-    };
+    });
     let mut rt = d.runtime().await;
     let id = rt
         .create_container(cri::CreateContainerRequest {

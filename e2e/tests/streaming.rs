@@ -76,30 +76,11 @@ impl Env {
         stdin_once: bool,
     ) -> String {
         let config = cri::ContainerConfig {
-            metadata: Some(cri::ContainerMetadata {
-                name: name.into(),
-                attempt: 0,
-            }),
-            image: Some(cri::ImageSpec {
-                image: self.image.clone(),
-                ..Default::default()
-            }),
-            command: cmd.iter().map(|s| s.to_string()).collect(),
             log_path: format!("{name}.log"),
             tty,
             stdin,
             stdin_once,
-            linux: Some(cri::LinuxContainerConfig {
-                security_context: Some(cri::LinuxContainerSecurityContext {
-                    namespace_options: Some(cri::NamespaceOption {
-                        pid: cri::NamespaceMode::Container as i32,
-                        ..Default::default()
-                    }),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            }),
-            ..Default::default()
+            ..pods::container(name, &self.image, cmd)
         };
         let mut rt = self.rt().await;
         let id = rt
