@@ -70,6 +70,12 @@ pub(crate) fn run_with_timeout(
             return Err(RunError::Spawn(e));
         }
     }
+    // The exit is waited for on a pidfd (the child is ours and not reaped yet, so its pid
+    // cannot have been reused): the wait ends when the plugin does. Polling with a growing
+    // step, the fallback where there is no pidfd, noticed a 20 ms plugin at 31 ms.
+    let pidfd = rustix::process::Pid::from_raw(pgid as i32).and_then(|pid| {
+        rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty()).ok()
+    });
     let mut pause = Duration::from_millis(1);
     let status = loop {
         match child.try_wait() {
@@ -85,8 +91,14 @@ pub(crate) fn run_with_timeout(
             kill(&mut child);
             return Err(RunError::Timeout);
         }
-        std::thread::sleep(pause.min(deadline - now));
-        pause = (pause * 2).min(Duration::from_millis(50));
+        let left = deadline - now;
+        let waited = pidfd
+            .as_ref()
+            .map(|fd| crate::sys::wait_exit(std::os::fd::AsFd::as_fd(fd), left));
+        if !matches!(waited, Some(Ok(_))) {
+            std::thread::sleep(pause.min(left));
+            pause = (pause * 2).min(Duration::from_millis(50));
+        }
     };
     let (mut stdout, mut stderr) = (Vec::new(), Vec::new());
     for _ in 0..2 {

@@ -1,4 +1,5 @@
-//! The crate's only raw syscalls: namespaces, mounts, hostname and process-group kill, each behind a safe function taking owned/borrowed Rust values.
+//! The crate's only raw syscalls: namespaces, mounts, hostname, process-group kill and waiting
+//! on a pidfd, each behind a safe function taking owned/borrowed Rust values.
 //!
 //! Owns nothing but the FFI boundary. Must not hold policy (which namespace, which thread, when to
 //! clean up): that lives in `ns.rs` and `exec.rs`. Every `unsafe` block carries a `// SAFETY:`.
@@ -80,4 +81,30 @@ pub(crate) fn kill_process_group(pgid: u32) -> io::Result<()> {
     }
     // SAFETY: kill takes plain integers; a negative pid addresses exactly that process group.
     check(unsafe { libc::kill(-pgid, libc::SIGKILL) })
+}
+
+/// Waits until the process `pidfd` refers to has exited or `timeout` has passed (rounded up to
+/// the millisecond); true when it has exited. An interrupted wait is reported as not exited.
+pub(crate) fn wait_exit(pidfd: BorrowedFd<'_>, timeout: std::time::Duration) -> io::Result<bool> {
+    let mut pfd = libc::pollfd {
+        fd: pidfd.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    let ms = libc::c_int::try_from(timeout.as_micros().div_ceil(1000)).unwrap_or(libc::c_int::MAX);
+    // SAFETY: `pfd` is one valid pollfd for the duration of the call and the count says one;
+    // the descriptor is borrowed, so it stays open.
+    let n = unsafe { libc::poll(&mut pfd, 1, ms) };
+    match n {
+        -1 => {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::Interrupted {
+                Ok(false)
+            } else {
+                Err(e)
+            }
+        }
+        0 => Ok(false),
+        _ => Ok(true),
+    }
 }
