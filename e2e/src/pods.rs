@@ -1,6 +1,17 @@
 //! CRI request builders for pods, so tests state only what they vary.
 
 use k8s_cri::v1 as cri;
+use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
+use tonic::transport::Channel;
+
+/// Every pod sandbox the endpoint lists (ListPodSandbox without a filter).
+pub async fn list_all(rt: &mut RuntimeServiceClient<Channel>) -> Vec<cri::PodSandbox> {
+    rt.list_pod_sandbox(cri::ListPodSandboxRequest::default())
+        .await
+        .expect("ListPodSandbox")
+        .into_inner()
+        .items
+}
 
 /// A RunPodSandbox request for pod `name` in namespace `e2e` (uid derived from the name), with
 /// a per-container PID namespace as kubelet sends by default.

@@ -201,12 +201,7 @@ async fn status_lists_the_default_handler_under_the_empty_name_with_its_features
         err.message().contains("/nonexistent/crun is not installed"),
         "{err:?}"
     );
-    let listed = rt
-        .list_pod_sandbox(cri::ListPodSandboxRequest::default())
-        .await
-        .unwrap()
-        .into_inner()
-        .items;
+    let listed = pods::list_all(&mut rt).await;
     assert!(listed.is_empty(), "{listed:?}");
     drop(d);
 }
@@ -621,12 +616,7 @@ async fn sigterm_lets_an_in_flight_rpc_finish_and_refuses_new_connections() {
     // The pod the drained RPC created is real: the next daemon has it, and removes it.
     d.restart().await;
     let mut rt = d.runtime().await;
-    let pods = rt
-        .list_pod_sandbox(cri::ListPodSandboxRequest::default())
-        .await
-        .unwrap()
-        .into_inner()
-        .items;
+    let pods = pods::list_all(&mut rt).await;
     assert_eq!(pods.len(), 1, "{pods:?}");
     assert_eq!(pods[0].id, id);
     assert_eq!(pods[0].state, cri::PodSandboxState::SandboxReady as i32);

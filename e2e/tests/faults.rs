@@ -123,12 +123,7 @@ impl Env {
     /// Removes every pod (and with them every container).
     async fn remove_all(&self) {
         let mut rt = self.b.d.runtime().await;
-        let pods = rt
-            .list_pod_sandbox(cri::ListPodSandboxRequest::default())
-            .await
-            .unwrap()
-            .into_inner()
-            .items;
+        let pods = pods::list_all(&mut rt).await;
         for p in pods {
             rt.stop_pod_sandbox(cri::StopPodSandboxRequest {
                 pod_sandbox_id: p.id.clone(),
@@ -396,12 +391,7 @@ async fn after_a_simulated_reboot_everything_is_not_ready_and_removable() {
     std::fs::remove_dir_all(&d.paths.runroot).unwrap();
     d.restart().await;
     let mut rt = d.runtime().await;
-    let pods = rt
-        .list_pod_sandbox(cri::ListPodSandboxRequest::default())
-        .await
-        .unwrap()
-        .into_inner()
-        .items;
+    let pods = pods::list_all(&mut rt).await;
     assert_eq!(pods.len(), 2);
     for p in &pods {
         assert_eq!(

@@ -419,12 +419,7 @@ async fn failing_plugin_leaves_nothing_and_the_retry_succeeds() {
     assert_eq!(mounts_under(&d.paths.runroot), 0);
     assert!(net.ip_files().is_empty(), "{:?}", net.ip_files());
     assert_eq!(net.veths(), 0);
-    let listed = rt
-        .list_pod_sandbox(cri::ListPodSandboxRequest::default())
-        .await
-        .unwrap()
-        .into_inner()
-        .items;
+    let listed = pods::list_all(&mut rt).await;
     assert!(listed.is_empty());
     let cache = d.paths.root.join("cni/results");
     assert_eq!(std::fs::read_dir(&cache).map(|e| e.count()).unwrap_or(0), 0);
@@ -543,13 +538,7 @@ async fn kill9_keeps_pods_and_ips_and_cleans_pods_without_records() {
     d.restart().await;
     let mut rt = d.runtime().await;
     let mut after: Vec<(String, String)> = Vec::new();
-    for p in rt
-        .list_pod_sandbox(cri::ListPodSandboxRequest::default())
-        .await
-        .unwrap()
-        .into_inner()
-        .items
-    {
+    for p in pods::list_all(&mut rt).await {
         assert_eq!(p.state, cri::PodSandboxState::SandboxReady as i32);
         let (st, _) = status(&mut rt, &p.id).await;
         after.push((p.id, st.network.unwrap().ip));
@@ -1015,12 +1004,7 @@ async fn status_returns_labels_annotations_and_every_ip_and_list_selects_by_labe
         "{held:?}"
     );
     // ListPodSandbox carries the same labels and annotations.
-    let listed = rt
-        .list_pod_sandbox(cri::ListPodSandboxRequest::default())
-        .await
-        .unwrap()
-        .into_inner()
-        .items;
+    let listed = pods::list_all(&mut rt).await;
     let a_item = listed.iter().find(|p| p.id == a_id).unwrap();
     assert_eq!(a_item.labels, labels("shop", "web"));
     assert_eq!(a_item.annotations, annotations);
