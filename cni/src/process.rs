@@ -128,6 +128,31 @@ mod tests {
     use std::os::unix::process::CommandExt;
     use std::process::Stdio;
 
+    #[test]
+    fn a_pidfd_wait_ends_with_the_exit_and_not_before() {
+        use std::os::fd::AsFd;
+        let pidfd_of = |child: &std::process::Child| {
+            let pid = rustix::process::Pid::from_raw(child.id() as i32).unwrap();
+            rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty()).unwrap()
+        };
+        // A child that keeps running: the wait times out and says so.
+        let mut sleeper = Command::new("/bin/sleep").arg("30").spawn().unwrap();
+        let fd = pidfd_of(&sleeper);
+        assert!(!crate::sys::wait_exit(fd.as_fd(), Duration::from_millis(20)).unwrap());
+        sleeper.kill().unwrap();
+        // Killed: the wait sees the exit (well before its 30 s timeout, or the test would hang).
+        assert!(crate::sys::wait_exit(fd.as_fd(), Duration::from_secs(30)).unwrap());
+        sleeper.wait().unwrap();
+        // One that exits by itself: seen, and its status is still there to reap.
+        let mut quick = Command::new("/bin/sh")
+            .args(["-c", "exit 3"])
+            .spawn()
+            .unwrap();
+        let fd = pidfd_of(&quick);
+        assert!(crate::sys::wait_exit(fd.as_fd(), Duration::from_secs(30)).unwrap());
+        assert_eq!(quick.try_wait().unwrap().and_then(|s| s.code()), Some(3));
+    }
+
     fn sh(script: &str) -> Command {
         let mut cmd = Command::new("/bin/sh");
         cmd.arg("-c")
