@@ -280,6 +280,16 @@ impl Daemon {
         Ok(())
     }
 
+    /// Where `handler`'s runtime binary is now (looked up on the blocking pool: it stats the
+    /// `PATH` dirs); `None` when the handler is not configured or its binary is not installed.
+    pub async fn handler_binary(&self, handler: &str) -> Option<PathBuf> {
+        let path = self.config.runtime.handlers.get(handler)?.path.clone();
+        crate::telemetry::spawn_blocking(move || crate::runtime::find_binary(&path))
+            .await
+            .ok()
+            .flatten()
+    }
+
     /// RuntimeReady: state restored and the default handler's binary present.
     pub async fn runtime_condition(&self) -> Result<(), NotReady> {
         if !self.is_ready() {
@@ -296,12 +306,7 @@ impl Daemon {
             .get(&name)
             .map(|h| h.path.clone())
             .unwrap_or_default();
-        let lookup = path.clone();
-        let found = crate::telemetry::spawn_blocking(move || crate::runtime::find_binary(&lookup))
-            .await
-            .ok()
-            .flatten();
-        match found {
+        match self.handler_binary(&name).await {
             Some(_) => Ok(()),
             None => Err(NotReady {
                 reason: "RuntimeBinaryNotFound",

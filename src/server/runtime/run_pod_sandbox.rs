@@ -11,7 +11,7 @@ pub async fn run_pod_sandbox(
     req: RunPodSandboxRequest,
 ) -> Result<RunPodSandboxResponse> {
     let spec = pod_spec(&req, &daemon.config)?;
-    handler_installed(daemon, &spec.runtime_handler)?;
+    handler_installed(daemon, &spec.runtime_handler).await?;
     let config = req.config.clone().unwrap_or_default();
     let id = daemon.sandboxes()?.run(spec, config).await?;
     Ok(RunPodSandboxResponse { pod_sandbox_id: id })
@@ -19,11 +19,11 @@ pub async fn run_pod_sandbox(
 
 /// A pod whose handler's runtime is not installed could never run a container: it is refused
 /// now, not at its first CreateContainer (as CRI-O, which will not start with such a runtime).
-fn handler_installed(daemon: &Daemon, handler: &str) -> Result<()> {
+async fn handler_installed(daemon: &Daemon, handler: &str) -> Result<()> {
     let Some(h) = daemon.config.runtime.handlers.get(handler) else {
         return Ok(()); // pod_spec refused it already
     };
-    match crate::runtime::find_binary(&h.path) {
+    match daemon.handler_binary(handler).await {
         Some(_) => Ok(()),
         None => Err(Error::FailedPrecondition(format!(
             "runtime handler {handler:?}: its runtime {} is not installed (looked up on PATH \
